@@ -1,0 +1,104 @@
+"""Typed, frozen configuration shared by the trainer and the kernel (written into the weights manifest)."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from .errors import ConfigError
+
+__all__ = ["PreprocessConfig", "WindowConfig", "AggregationConfig", "config_hash"]
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """How a loaded volume becomes the uint8 (slices, size, size) stack both trainer and kernel see."""
+
+    image_size: int = 224  # output slices are image_size x image_size pixels
+    ct_window: tuple[float, float] = (0.0, 500.0)  # Hounsfield units mapped to [0, 255]
+    mr_percentiles: tuple[float, float] = (1.0, 99.0)  # MR intensities between these percentiles map to [0, 255]
+    percentile_stride: int = 4  # subsample every n-th voxel along each axis to estimate MR percentiles quickly
+    keep_aspect: bool = True  # pad each slice to a physical square (pixel spacing) before resizing
+    slice_spacing_mm: float | None = None  # resample the slice axis to this spacing; None keeps native slices
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ct_window", tuple(float(v) for v in self.ct_window))
+        object.__setattr__(self, "mr_percentiles", tuple(float(v) for v in self.mr_percentiles))
+        if self.image_size < 8:
+            raise ConfigError(f"image_size must be >= 8, got {self.image_size}")
+        if not self.ct_window[0] < self.ct_window[1]:
+            raise ConfigError(f"ct_window must be (low, high) with low < high, got {self.ct_window}")
+        low, high = self.mr_percentiles
+        if not 0.0 <= low < high <= 100.0:
+            raise ConfigError(f"mr_percentiles must satisfy 0 <= low < high <= 100, got {self.mr_percentiles}")
+        if self.percentile_stride < 1:
+            raise ConfigError(f"percentile_stride must be >= 1, got {self.percentile_stride}")
+        if self.slice_spacing_mm is not None and self.slice_spacing_mm <= 0:
+            raise ConfigError(f"slice_spacing_mm must be positive or None, got {self.slice_spacing_mm}")
+
+
+@dataclass(frozen=True)
+class WindowConfig:
+    """Which slices make one 2.5D window and how windows are scaled into model input."""
+
+    offsets: tuple[int, ...] = (-2, -1, 0, 1, 2)  # slice offsets of the channels around the centre slice
+    stride: int = 1  # centre slices visited: every stride-th slice
+    scale: float = 1.0 / 255.0  # model input = uint8 pixel * scale
+    batch_size: int = 16  # windows per onnxruntime run
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "offsets", tuple(int(v) for v in self.offsets))
+        if not self.offsets or 0 not in self.offsets:
+            raise ConfigError(f"offsets must contain 0 (the centre slice), got {self.offsets}")
+        if self.stride < 1:
+            raise ConfigError(f"stride must be >= 1, got {self.stride}")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+
+    @property
+    def channels(self) -> int:
+        return len(self.offsets)
+
+
+@dataclass(frozen=True)
+class AggregationConfig:
+    """How fold outputs and window probabilities become the 14 series probabilities."""
+
+    fold_average: Literal["prob", "logit"] = "prob"  # mean of fold probabilities, or sigmoid of mean logits
+    method: Literal["max", "topk_mean"] = "max"  # window -> series reduction per label
+    top_k: int = 3  # windows averaged by topk_mean
+    tta_flip: bool = False  # also run the left-right mirrored window and swap left/right labels back
+
+    def __post_init__(self) -> None:
+        if self.fold_average not in ("prob", "logit"):
+            raise ConfigError(f"fold_average must be 'prob' or 'logit', got {self.fold_average!r}")
+        if self.method not in ("max", "topk_mean"):
+            raise ConfigError(f"method must be 'max' or 'topk_mean', got {self.method!r}")
+        if self.top_k < 1:
+            raise ConfigError(f"top_k must be >= 1, got {self.top_k}")
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A JSON-ready dict of a config dataclass (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def from_dict(cls: type, data: dict[str, Any]):
+    """Build config `cls` from a dict, rejecting unknown keys with a clear message."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ConfigError(f"unknown {cls.__name__} keys: {sorted(unknown)}; known: {sorted(names)}")
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+    return cls(**values)
+
+
+def config_hash(cfg: Any, length: int = 12) -> str:
+    """A short stable hash of a config's values (used in cache keys)."""
+    text = json.dumps(to_dict(cfg), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+__all__ += ["to_dict", "from_dict"]

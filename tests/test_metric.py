@@ -1,0 +1,51 @@
+"""The competition metric against sklearn, and its weighting of Present vs locations."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from inference.labels import LABELS, LOCATION_LABELS, PRESENT_INDEX
+from inference.metric import MetricError, competition_score, roc_auc
+
+sklearn_metrics = pytest.importorskip("sklearn.metrics")
+
+
+def test_roc_auc_matches_sklearn_with_ties():
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        y = rng.integers(0, 2, 40)
+        if y.min() == y.max():
+            continue
+        scores = rng.integers(0, 6, 40) / 5.0  # many ties
+        assert roc_auc(y, scores) == pytest.approx(sklearn_metrics.roc_auc_score(y, scores), abs=1e-12)
+
+
+def test_one_class_column_gives_a_clear_error():
+    with pytest.raises(MetricError, match="only one class"):
+        roc_auc(np.zeros(5), np.linspace(0, 1, 5))
+    y = np.random.default_rng(1).integers(0, 2, (20, len(LABELS)))
+    y[:, 3] = 0
+    with pytest.raises(MetricError, match=LABELS[3]):
+        competition_score(y, np.random.default_rng(2).random(y.shape))
+
+
+def test_score_is_half_present_half_mean_location():
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, (60, len(LABELS)))
+    p = rng.random(y.shape)
+    report = competition_score(y, p)
+    present = sklearn_metrics.roc_auc_score(y[:, PRESENT_INDEX], p[:, PRESENT_INDEX])
+    locations = np.mean([sklearn_metrics.roc_auc_score(y[:, i], p[:, i]) for i in range(len(LOCATION_LABELS))])
+    # official weighting: 13 for Present, 1 per location, normalised by 26
+    weights = np.array([1.0] * len(LOCATION_LABELS) + [13.0])
+    aucs = np.array([sklearn_metrics.roc_auc_score(y[:, i], p[:, i]) for i in range(len(LABELS))])
+    assert report.score == pytest.approx(float((weights * aucs).sum() / weights.sum()), abs=1e-12)
+    assert report.score == pytest.approx(0.5 * present + 0.5 * locations, abs=1e-12)
+    assert report.present_auc == pytest.approx(present)
+
+
+def test_perfect_and_inverted_predictions():
+    rng = np.random.default_rng(4)
+    y = rng.integers(0, 2, (30, len(LABELS)))
+    assert competition_score(y, y.astype(float)).score == pytest.approx(1.0)
+    assert competition_score(y, 1.0 - y).score == pytest.approx(0.0)
