@@ -1,0 +1,153 @@
+"""Time each stage of Predictor.predict on a large CT series next to the bare model time (onnxruntime, same windows).
+
+Example:
+    .venv/bin/python benchmarks/bench_predict.py                    # 300 slices of 512 x 512, b0 dual-stream, CPU
+    .venv/bin/python benchmarks/bench_predict.py --slices 40        # quick run
+    .venv/bin/python benchmarks/bench_predict.py --torch-cuda       # also time the model in torch on CUDA
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+log = logging.getLogger("bench_predict")
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--slices", type=int, default=300, help="slices in the series (default 300)")
+    parser.add_argument("--size", type=int, default=512, help="rows = columns of each DICOM slice (default 512)")
+    parser.add_argument("--image-size", type=int, default=224, help="model input size (default 224)")
+    parser.add_argument("--stride", type=int, default=1, help="window stride: fewer windows, quicker run")
+    parser.add_argument("--batch-size", type=int, default=16, help="windows per onnxruntime run (default 16)")
+    parser.add_argument("--backbone", default="tf_efficientnet_b0", help="timm backbone of both streams")
+    parser.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: cores)")
+    parser.add_argument("--float16", action="store_true", help="export the model with a float16 input (cast to float32 inside)")
+    parser.add_argument("--tta", action="store_true", help="turn on the left-right flip TTA")
+    parser.add_argument("--repeats", type=int, default=1, help="timed predict calls (default 1)")
+    parser.add_argument("--workdir", type=Path, default=None, help="keep the series and bundle here")
+    parser.add_argument("--torch-cuda", action="store_true",
+                        help="also time the model in torch on CUDA (fp32/fp16, batch 32/128) when a GPU is present")
+    return parser.parse_args(argv)
+
+
+def _export(args: argparse.Namespace, bundle: Path):
+    import torch
+
+    from inference.config import AggregationConfig, PreprocessConfig, WindowConfig
+    from tests.onnx_models import DualStreamNet, export_onnx, write_bundle
+
+    torch.manual_seed(0)
+    model = DualStreamNet(args.backbone, in_chans=5).eval()
+    dtype = "float16" if args.float16 else "float32"
+    path = export_onnx(model, bundle / "fold0.onnx", channels=5, size=args.image_size, dtype=dtype)
+    write_bundle(bundle, [path], preprocess=PreprocessConfig(image_size=args.image_size),
+                 windows=WindowConfig(stride=args.stride, batch_size=args.batch_size),
+                 aggregation=AggregationConfig(tta_flip=args.tta), input_dtype=dtype)
+    return model
+
+
+def _bare_model(ensemble, windows: int, image_size: int, batch_size: int) -> float:
+    """Seconds for the ensemble's sessions alone on `windows` windows from a ready-made array."""
+    manifest = ensemble.manifest
+    rng = np.random.default_rng(0)
+    ready = rng.uniform(size=(windows, 5, image_size, image_size)).astype(ensemble.input_dtype)
+    if manifest.aggregation.tta_flip:
+        ready = np.concatenate([ready, np.ascontiguousarray(ready[..., ::-1])])
+    start = time.perf_counter()
+    for session in ensemble.sessions:
+        for i in range(0, len(ready), batch_size * (2 if manifest.aggregation.tta_flip else 1)):
+            session.run([manifest.output_name], {manifest.input_name: ready[i:i + batch_size]})
+    return time.perf_counter() - start
+
+
+def _torch_cuda(model, image_size: int) -> None:
+    import torch
+
+    if not torch.cuda.is_available():
+        print("torch CUDA: no GPU here, skipped")
+        return
+    model = model.float().cuda().eval()
+    for dtype in (torch.float32, torch.float16):
+        m = model.to(dtype)
+        for batch in (32, 128):
+            x = torch.rand(batch, 5, image_size, image_size, device="cuda", dtype=dtype)
+            with torch.no_grad():
+                for _ in range(3):
+                    m(x)
+                torch.cuda.synchronize()
+                start = time.perf_counter()
+                reps = 10
+                for _ in range(reps):
+                    m(x)
+                torch.cuda.synchronize()
+            per_window = (time.perf_counter() - start) / (reps * batch)
+            print(f"torch CUDA {str(dtype).split('.')[-1]:8s} batch {batch:4d}: {per_window * 1e3:.3f} ms/window "
+                  f"({torch.cuda.get_device_name()})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    sys.path.insert(0, str(ROOT))
+    from inference.predict import Predictor
+    from tests.onnx_models import head_like_stack, write_ct_series
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = args.workdir or Path(tmp)
+        bundle, series = work / "bundle", work / "series" / "1.2.826.0.1.3680043.8.498.1"
+        t = time.perf_counter()
+        model = _export(args, bundle)
+        print(f"exported {args.backbone} dual-stream ONNX in {time.perf_counter() - t:.1f}s")
+        if not series.is_dir() or len(list(series.glob("*.dcm"))) != args.slices:
+            t = time.perf_counter()
+            write_ct_series(series, head_like_stack(args.slices, args.size), spacing=(0.6, 0.45, 0.45))
+            print(f"wrote {args.slices} slices of {args.size}x{args.size} in {time.perf_counter() - t:.1f}s")
+
+        predictor = Predictor(bundle, providers=["CPUExecutionProvider"], threads=args.threads)
+        t = time.perf_counter()
+        ensemble = predictor.ensemble
+        print(f"sessions built in {time.perf_counter() - t:.2f}s on {ensemble.providers}, "
+              f"{ensemble.sessions[0].get_session_options().intra_op_num_threads} intra-op threads")
+        warm = np.zeros((2, 5, args.image_size, args.image_size), dtype=ensemble.input_dtype)
+        ensemble.predict_windows(warm)
+
+        rows = []
+        for _ in range(args.repeats):  # interleaved, so load from other jobs hits both sides alike
+            c, t = time.process_time(), time.perf_counter()
+            probs = predictor.predict_probabilities(str(series))
+            whole, whole_cpu = time.perf_counter() - t, time.process_time() - c
+            report = predictor.last_report
+            c = time.process_time()
+            bare = _bare_model(ensemble, report.windows, args.image_size, args.batch_size)
+            bare_cpu = time.process_time() - c
+            rows.append((report, whole, bare, whole_cpu, bare_cpu))
+            if not np.isfinite(probs).all():
+                print("WARNING: non-finite output")
+        print()
+        print(f"{'load':>7s} {'prep':>7s} {'infer':>7s} {'aggr':>7s} {'whole':>7s} {'bare':>7s} {'ratio':>6s} "
+              f"{'cpu ratio':>9s}  windows (wall seconds; cpu ratio = process CPU time whole / bare)")
+        for report, whole, bare, whole_cpu, bare_cpu in rows:
+            print(f"{report.load_s:7.3f} {report.preprocess_s:7.3f} {report.infer_s:7.3f} {report.aggregate_s:7.4f} "
+                  f"{whole:7.3f} {bare:7.3f} {whole / bare:6.3f} {whole_cpu / bare_cpu:9.3f}  {report.windows} "
+                  f"({bare / report.windows * 1e3:.1f} ms/window bare)")
+        ratios = [r[1] / r[2] for r in rows]
+        cpu_ratios = [r[3] / r[4] for r in rows]
+        best = min(r[1] for r in rows) / min(r[2] for r in rows)
+        print(f"whole/bare: best-of-{len(rows)} wall {best:.3f}, median wall {np.median(ratios):.3f}, "
+              f"median cpu {np.median(cpu_ratios):.3f} (target <= 1.15; CPU cores may be shared with other jobs)")
+        if args.torch_cuda:
+            _torch_cuda(model, args.image_size)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""2.5D windows: index arrays of neighbouring slices into one uint8 stack, batched and scaled for the model."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from .config import WindowConfig
+from .errors import ConfigError
+
+__all__ = ["WindowBatch", "window_centres", "window_indices", "build_batch", "iter_window_batches"]
+
+
+@dataclass(frozen=True)
+class WindowBatch:
+    """One model batch: `inputs` (N, C, S, S) for the windows centred on slices `centres` (N,)."""
+
+    centres: np.ndarray
+    inputs: np.ndarray
+
+
+def window_centres(num_slices: int, *, stride: int = 1) -> np.ndarray:
+    """The centre slices visited: 0, stride, 2*stride, ... < num_slices."""
+    if num_slices < 1:
+        raise ConfigError(f"a window needs at least one slice, got num_slices={num_slices}")
+    if stride < 1:
+        raise ConfigError(f"stride must be >= 1, got {stride}")
+    return np.arange(0, num_slices, stride, dtype=np.int64)
+
+
+def window_indices(num_slices: int, offsets, *, stride: int = 1) -> np.ndarray:
+    """Slice indices of every window: row n, channel c is `centre_n + offsets[c]` clamped to [0, num_slices).
+
+    Args:
+        num_slices: slices in the stack.
+        offsets: channel offsets around the centre slice, e.g. (-2, -1, 0, 1, 2).
+        stride: visit every stride-th centre slice.
+    Returns:
+        int64 array (N, C).
+    Raises:
+        ConfigError: no slice, no offset, or a stride below 1.
+    """
+    offsets = np.asarray(tuple(offsets), dtype=np.int64)
+    if offsets.ndim != 1 or offsets.size == 0:
+        raise ConfigError(f"offsets must be a non-empty sequence of ints, got {offsets!r}")
+    centres = window_centres(num_slices, stride=stride)
+    return np.clip(centres[:, None] + offsets[None, :], 0, num_slices - 1)
+
+
+def build_batch(stack_u8: np.ndarray, indices: np.ndarray, *, scale: float, dtype=np.float32) -> np.ndarray:
+    """Gather windows (N, C) from a uint8 (Z, S, S) stack into model input (N, C, S, S) = pixel * scale.
+
+    Only the batch is gathered (fancy indexing into the one stack): the volume is never copied per channel.
+    """
+    if stack_u8.ndim != 3:
+        raise ConfigError(f"stack must be (Z, S, S), got shape {stack_u8.shape}")
+    indices = np.asarray(indices)
+    if indices.ndim != 2:
+        raise ConfigError(f"indices must be (N, C), got shape {indices.shape}")
+    dtype = np.dtype(dtype)
+    out = np.empty((*indices.shape, *stack_u8.shape[1:]), dtype=dtype)
+    np.multiply(stack_u8[indices], dtype.type(scale), out=out, dtype=dtype)
+    return out
+
+
+def iter_window_batches(stack_u8: np.ndarray, cfg: WindowConfig, *, dtype=np.float32,
+                        batch_size: int | None = None) -> Iterator[WindowBatch]:
+    """Yield the windows of `stack_u8` in batches of `batch_size` (default cfg.batch_size), in slice order."""
+    size = cfg.batch_size if batch_size is None else batch_size
+    if size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {size}")
+    indices = window_indices(stack_u8.shape[0], cfg.offsets, stride=cfg.stride)
+    centres = window_centres(stack_u8.shape[0], stride=cfg.stride)
+    for start in range(0, len(indices), size):
+        part = slice(start, start + size)
+        yield WindowBatch(centres=centres[part],
+                          inputs=build_batch(stack_u8, indices[part], scale=cfg.scale, dtype=dtype))
