@@ -1,0 +1,405 @@
+"""Read one DICOM file: its frames as one-channel stored values plus per-frame geometry and rescale."""
+from __future__ import annotations
+
+import mmap
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .dicom_header import scan_header
+from .dicom_pixels import (
+    correct_unused_bits,
+    count_encapsulated_frames,
+    decode_with_plugins,
+    invert_monochrome1,
+    luminance,
+    native_frames,
+)
+from .errors import KitError
+
+__all__ = [
+    "DEFAULT_BACKENDS",
+    "DicomFileError",
+    "DicomImage",
+    "read_dicom",
+]
+
+# "fast" handles plain little-endian monochrome files without functional groups (the common case): a header
+# scan instead of pydicom's dataset (which dominates the time of uncompressed files), then a numpy view of native
+# pixels or pydicom's decoder plugins on the encapsulated ones. It declines anything else, including anything
+# malformed or truncated, to "pydicom", which reads every file (decoder plugins pylibjpeg / pyjpegls / GDCM tried
+# in turn) and words the errors. "dicomsdl" is opt-in only: dicomsdl 0.109.4 crashes the whole interpreter
+# (segmentation fault) on a truncated file, which would cost the series instead of one file.
+DEFAULT_BACKENDS: tuple[str, ...] = ("fast", "pydicom")
+
+_UNCOMPRESSED_LE = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}
+_PER_FRAME = "PerFrameFunctionalGroupsSequence"
+_SHARED = "SharedFunctionalGroupsSequence"
+
+Getter = Callable[[str], Any]
+
+
+class DicomFileError(KitError):
+    """One file cannot be used (not DICOM, no pixel data, truncated, undecodable): the loader skips it."""
+
+
+@dataclass
+class DicomImage:
+    """One file's frames and what the loader needs to place them.
+
+    Attributes:
+        path: the file read.
+        sop_instance_uid: SOPInstanceUID (the file stem when the tag is missing).
+        modality: the Modality tag, upper case ("" when missing).
+        instance_number: InstanceNumber, or None.
+        pixels: (frames, rows, cols) stored values, one channel, MONOCHROME2 sense (MONOCHROME1 inverted,
+            colour reduced to luminance as float32); rescale NOT applied.
+        positions: (frames, 3) ImagePositionPatient per frame, NaN where unknown.
+        orientations: (frames, 6) ImageOrientationPatient per frame, NaN where unknown.
+        slopes, intercepts: (frames,) RescaleSlope / RescaleIntercept per frame (1 and 0 when absent).
+        pixel_spacing: (frames, 2) PixelSpacing (row spacing, column spacing) in mm, NaN where unknown.
+        slice_thickness: SliceThickness, or None.
+        spacing_between_slices: SpacingBetweenSlices, or None.
+        transfer_syntax: the TransferSyntaxUID the pixels were decoded from.
+        backend: which reader produced this image ("fast", "pydicom" or "dicomsdl").
+        notes: what was corrected on the way (frame count inferred, ...).
+    """
+
+    path: str
+    sop_instance_uid: str
+    modality: str
+    instance_number: int | None
+    pixels: np.ndarray
+    positions: np.ndarray
+    orientations: np.ndarray
+    slopes: np.ndarray
+    intercepts: np.ndarray
+    pixel_spacing: np.ndarray
+    slice_thickness: float | None = None
+    spacing_between_slices: float | None = None
+    transfer_syntax: str = ""
+    backend: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.pixels.shape[0])
+
+
+def read_dicom(path: str | Path, *, backends: Sequence[str] = DEFAULT_BACKENDS) -> DicomImage:
+    """Read one file once and decode all its frames.
+
+    Args:
+        path: a DICOM file.
+        backends: readers tried in turn ("fast", "pydicom", opt-in "dicomsdl"); a reader that declines the
+            file or fails on it hands over to the next one.
+    Returns:
+        The file's DicomImage.
+    Raises:
+        DicomFileError: every backend failed; the message lists each backend's reason.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DicomFileError(f"{path.name}: not a file")
+    if path.stat().st_size == 0:
+        raise DicomFileError(f"{path.name}: empty file (0 bytes)")
+    failures: list[str] = []
+    declined: list[str] = []
+    for name in backends:
+        reader = _BACKENDS.get(name)
+        if reader is None:
+            failures.append(f"{name}: unknown backend")
+            continue
+        try:
+            return reader(path)
+        except _NotApplicable as exc:
+            declined.append(f"{name}: {exc}")
+        except DicomFileError as exc:
+            failures.append(f"{name}: {exc}")
+        except Exception as exc:  # noqa: BLE001 - any reader failure hands over to the next reader
+            failures.append(f"{name}: {type(exc).__name__}: {exc}")
+    raise DicomFileError(f"{path.name}: " + "; ".join(failures or declined))
+
+
+class _NotApplicable(Exception):
+    """A backend declines a file it is not meant for (not an error of the file)."""
+
+
+# -------------------------------------------------------------------------------------------------- fast backend
+
+
+def _map_file(path: Path) -> mmap.mmap:
+    with open(path, "rb") as handle:
+        return mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+
+
+def _read_fast(path: Path) -> DicomImage:
+    """Plain little-endian monochrome files: a header scan, then a numpy view of the mapped native pixels or
+    pydicom's decoders run on the mapped encapsulated pixels (no pydicom dataset is built)."""
+    buffer = _map_file(path)
+    header = scan_header(buffer)
+    if header is None:
+        raise _NotApplicable("not a plain little-endian file")
+    values = header.values
+    rows, cols = int(values.get("Rows") or 0), int(values.get("Columns") or 0)
+    bits_allocated = int(values.get("BitsAllocated") or 0)
+    photometric = str(values.get("PhotometricInterpretation") or "MONOCHROME2").upper()
+    if (rows <= 0 or cols <= 0 or int(values.get("SamplesPerPixel") or 1) != 1
+            or bits_allocated not in (8, 16, 32) or photometric not in ("MONOCHROME1", "MONOCHROME2")):
+        raise _NotApplicable("colour, odd bit depth or missing size")
+    n = _declared_frames(values.get("NumberOfFrames"))
+    bits_stored = int(values.get("BitsStored") or bits_allocated)
+    signed = int(values.get("PixelRepresentation") or 0) == 1
+    ts = header.transfer_syntax
+    if header.pixel_length >= 0:
+        frame_bytes = rows * cols * bits_allocated // 8
+        if header.pixel_length // frame_bytes != n or header.pixel_offset + header.pixel_length > len(buffer):
+            raise _NotApplicable("pixel data length does not match NumberOfFrames (or the file is truncated)")
+        arr = native_frames(buffer, header.pixel_offset, (n, rows, cols), bits_allocated, bits_stored, signed,
+                            little_endian=True)
+    else:
+        encapsulated = buffer[header.pixel_offset:]  # bytes: the items up to the sequence delimiter (and after)
+        if count_encapsulated_frames(encapsulated, ts, hint=n) != n:
+            raise _NotApplicable("encapsulated frame count does not match NumberOfFrames")
+        pixel_module = dict(rows=rows, columns=cols, number_of_frames=n, samples_per_pixel=1,
+                            bits_allocated=bits_allocated, bits_stored=bits_stored,
+                            pixel_representation=int(signed), photometric_interpretation=photometric)
+        arr = decode_with_plugins(encapsulated, ts, pixel_module).reshape(n, rows, cols)
+    if photometric == "MONOCHROME1":
+        arr = invert_monochrome1(arr, bits_stored, signed)
+    get: Getter = lambda keyword: None if "." in keyword else values.get(keyword)  # noqa: E731
+    return _build_image(path, _Header(get, n), arr, ts, "fast", [])
+
+
+# ----------------------------------------------------------------------------------------------- pydicom backend
+
+
+def _read_pydicom(path: Path) -> DicomImage:
+    import pydicom
+    from pydicom.uid import UID
+
+    try:
+        ds = pydicom.dcmread(path, force=True)
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many kinds on garbage input
+        raise DicomFileError(f"not a readable DICOM file ({type(exc).__name__}: {exc})") from exc
+    meta = getattr(ds, "file_meta", None)
+    ts = UID(meta.get("TransferSyntaxUID", "")) if meta is not None else UID("")
+    if "PixelData" not in ds:
+        raise DicomFileError("no PixelData element (not an image, or not DICOM)")
+    rows, cols = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
+    if rows <= 0 or cols <= 0:
+        raise DicomFileError("missing or zero Rows/Columns")
+    if not ts:
+        implicit, little = ds.original_encoding
+        ts = UID("1.2.840.10008.1.2" if implicit else "1.2.840.10008.1.2.1" if little else "1.2.840.10008.1.2.2")
+        ds.file_meta = ds.get("file_meta") or pydicom.dataset.FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ts
+    notes: list[str] = []
+    spp = int(ds.get("SamplesPerPixel") or 1)
+    bits_allocated = int(ds.get("BitsAllocated") or 16)
+    bits_stored = int(ds.get("BitsStored") or bits_allocated)
+    signed = int(ds.get("PixelRepresentation") or 0) == 1
+    photometric = str(ds.get("PhotometricInterpretation") or "MONOCHROME2").upper()
+    declared = _declared_frames(ds.get("NumberOfFrames"))
+    pixel_data: bytes = ds.PixelData  # shorter than declared when the file is truncated
+
+    if ts.is_encapsulated:
+        n = count_encapsulated_frames(pixel_data, ts, hint=declared)
+    else:
+        frame_bytes = rows * cols * spp * bits_allocated // 8
+        if frame_bytes == 0:
+            raise DicomFileError(f"unsupported BitsAllocated {bits_allocated}")
+        n = len(pixel_data) // frame_bytes
+        if n == 0:
+            raise DicomFileError(f"truncated pixel data ({len(pixel_data)} bytes, one frame needs {frame_bytes})")
+    if n != declared:
+        notes.append(f"NumberOfFrames {ds.get('NumberOfFrames')!r} -> {n} frames found in the pixel data")
+        ds.NumberOfFrames = n
+    if not ts.is_encapsulated and len(pixel_data) != n * frame_bytes:
+        ds.PixelData = bytes(pixel_data[: n * frame_bytes])  # whole frames only, for pydicom's decoders
+
+    native_ok = (
+        not ts.is_encapsulated and spp == 1 and bits_allocated in (8, 16, 32) and photometric.startswith("MONO")
+    )
+    if native_ok:
+        arr = native_frames(pixel_data, 0, (n, rows, cols), bits_allocated, bits_stored, signed,
+                             little_endian=ts.is_little_endian)
+    else:
+        arr = decode_with_plugins(ds, ts)
+        if spp > 1:
+            arr = arr.reshape(n, rows, cols, spp)
+            arr = luminance(arr)
+        elif photometric == "PALETTE COLOR":
+            from pydicom.pixels import apply_color_lut
+
+            arr = luminance(np.asarray(apply_color_lut(arr, ds)).reshape(n, rows, cols, 3))
+        else:
+            arr = arr.reshape(n, rows, cols)
+    if photometric == "MONOCHROME1":
+        arr = invert_monochrome1(arr, bits_stored, signed)
+
+    header = _Header(_pydicom_getter(ds), n)
+    return _build_image(path, header, arr, str(ts), "pydicom", notes)
+
+
+def _pydicom_getter(ds: Any) -> Getter:
+    def get(keyword_path: str) -> Any:
+        obj = ds
+        for part in keyword_path.split("."):
+            if obj is None:
+                return None
+            if part.isdigit():
+                index = int(part)
+                obj = obj[index] if index < len(obj) else None
+            else:
+                obj = obj.get(part)
+        return None if obj is None or obj == "" else obj
+
+    return get
+
+
+# ---------------------------------------------------------------------------------------------- dicomsdl backend
+
+
+def _read_dicomsdl(path: Path) -> DicomImage:
+    try:
+        import dicomsdl
+    except ImportError as exc:
+        raise _NotApplicable("dicomsdl is not installed") from exc
+
+    ds = dicomsdl.open(str(path))
+    ts = str(ds.TransferSyntaxUID or "")
+    if ts not in _UNCOMPRESSED_LE:
+        raise _NotApplicable(f"transfer syntax {ts or '?'} is left to pydicom")
+    info = ds.getPixelDataInfo()
+    photometric = str(info.get("PhotometricInterpretation") or "MONOCHROME2").upper()
+    spp = int(info.get("SamplesPerPixel") or 1)
+    bits_allocated = int(info.get("BitsAllocated") or 0)
+    if spp != 1 or bits_allocated not in (8, 16, 32) or not photometric.startswith("MONO"):
+        raise _NotApplicable("colour or unusual bit depth is left to pydicom")
+    element = ds.getDataElement("PixelData")
+    rows, cols = int(info["Rows"]), int(info["Cols"])
+    if rows <= 0 or cols <= 0:
+        raise DicomFileError("missing or zero Rows/Columns")
+    frame_bytes = rows * cols * bits_allocated // 8
+    n = int(element.length()) // frame_bytes if element is not None else 0
+    declared = _declared_frames(ds.NumberOfFrames)
+    if n == 0 or n != declared:
+        # frame count inference and truncation notes live in the pydicom reader
+        raise _NotApplicable("pixel data length does not match NumberOfFrames")
+    arr = np.empty((n, rows, cols), dtype=np.dtype(info["dtype"]))
+    for f in range(n):
+        ds.copyFrameData(f, arr[f])
+    bits_stored = int(ds.BitsStored or bits_allocated)
+    arr = correct_unused_bits(arr, bits_allocated, bits_stored)
+    if photometric == "MONOCHROME1":
+        arr = invert_monochrome1(arr, bits_stored, bool(info.get("PixelRepresentation")))
+    header = _Header(_dicomsdl_getter(ds), n)
+    return _build_image(path, header, arr, ts, "dicomsdl", [])
+
+
+def _dicomsdl_getter(ds: Any) -> Getter:
+    def get(keyword_path: str) -> Any:
+        try:
+            value = ds[keyword_path] if "." in keyword_path else getattr(ds, keyword_path)
+        except Exception:  # noqa: BLE001 - dicomsdl raises on out-of-range items; treat as missing
+            return None
+        return None if value is None or value == "" else value
+
+    return get
+
+
+_BACKENDS: dict[str, Callable[[Path], DicomImage]] = {
+    "fast": _read_fast,
+    "pydicom": _read_pydicom,
+    "dicomsdl": _read_dicomsdl,
+}
+
+
+# ------------------------------------------------------------------------------------------- shared header logic
+
+
+class _Header:
+    """Looks a keyword up per frame: PerFrameFunctionalGroups, then SharedFunctionalGroups, then top level."""
+
+    def __init__(self, get: Getter, num_frames: int) -> None:
+        self.get = get
+        self.num_frames = num_frames
+        self.has_per_frame = get(_PER_FRAME) is not None
+        self.has_shared = get(_SHARED) is not None
+
+    def frame_value(self, frame: int, group: str, keyword: str, *, top_level_all_frames: bool = True) -> Any:
+        if self.has_per_frame:
+            value = self.get(f"{_PER_FRAME}.{frame}.{group}.0.{keyword}")
+            if value is not None:
+                return value
+        if self.has_shared:
+            value = self.get(f"{_SHARED}.0.{group}.0.{keyword}")
+            if value is not None:
+                return value
+        if top_level_all_frames or frame == 0:
+            return self.get(keyword)
+        return None
+
+
+def _build_image(path: Path, header: _Header, pixels: np.ndarray, ts: str, backend: str,
+                 notes: list[str]) -> DicomImage:
+    n = header.num_frames
+    get = header.get
+    positions = np.full((n, 3), np.nan)
+    orientations = np.full((n, 6), np.nan)
+    slopes = np.ones(n)
+    intercepts = np.zeros(n)
+    spacing = np.full((n, 2), np.nan)
+    for f in range(n):
+        # a top-level ImagePositionPatient locates frame 0 only (legacy multi-frame files)
+        positions[f] = _floats(header.frame_value(f, "PlanePositionSequence", "ImagePositionPatient",
+                                                  top_level_all_frames=False), 3)
+        orientations[f] = _floats(header.frame_value(f, "PlaneOrientationSequence", "ImageOrientationPatient"), 6)
+        slope = _float(header.frame_value(f, "PixelValueTransformationSequence", "RescaleSlope"))
+        intercept = _float(header.frame_value(f, "PixelValueTransformationSequence", "RescaleIntercept"))
+        slopes[f] = 1.0 if slope is None or slope == 0 else slope
+        intercepts[f] = 0.0 if intercept is None else intercept
+        spacing[f] = _floats(header.frame_value(f, "PixelMeasuresSequence", "PixelSpacing"), 2)
+    instance = get("InstanceNumber")
+    return DicomImage(
+        path=str(path),
+        sop_instance_uid=str(get("SOPInstanceUID") or path.stem),
+        modality=str(get("Modality") or "").strip().upper(),
+        instance_number=None if _float(instance) is None else int(_float(instance)),  # type: ignore[arg-type]
+        pixels=pixels,
+        positions=positions,
+        orientations=orientations,
+        slopes=slopes,
+        intercepts=intercepts,
+        pixel_spacing=spacing,
+        slice_thickness=_float(header.frame_value(0, "PixelMeasuresSequence", "SliceThickness")),
+        spacing_between_slices=_float(header.frame_value(0, "PixelMeasuresSequence", "SpacingBetweenSlices")),
+        transfer_syntax=ts,
+        backend=backend,
+        notes=notes,
+    )
+
+
+def _float(value: Any) -> float | None:
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return out if np.isfinite(out) else None
+
+
+def _floats(value: Any, size: int) -> np.ndarray:
+    try:
+        out = np.asarray([float(v) for v in value], dtype=float)
+    except (TypeError, ValueError):
+        return np.full(size, np.nan)
+    return out if out.shape == (size,) else np.full(size, np.nan)
+
+
+def _declared_frames(value: Any) -> int:
+    number = _float(value)
+    return int(number) if number is not None and number >= 1 else 1

@@ -1,0 +1,327 @@
+"""build_kernel.py: checks before writing, bundle contents, notebook, metadata, and the bundled kernel run offline."""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+import build_kernel
+from build_kernel import BuildError, BuildOptions, build, cells_from_py, runtime_modules
+from inference.config import AggregationConfig, PreprocessConfig, WindowConfig
+from inference.labels import COMPETITION_SLUG, ID_COLUMN, LABELS
+from inference.manifest import Manifest, sha256_file
+
+from tests.onnx_models import PlantedModel, export_onnx, write_bundle
+
+REPO = Path(__file__).resolve().parents[1]
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> Path:
+    """A two-fold ensemble of planted ONNX models with its manifest."""
+    folder = tmp_path_factory.mktemp("weights")
+    windows = WindowConfig(offsets=(-1, 0, 1), batch_size=16)
+    files = [export_onnx(PlantedModel(windows.channels, gain=6.0 + i), folder / f"fold{i}.onnx",
+                         channels=windows.channels, size=SIZE) for i in range(2)]
+    write_bundle(folder, files, preprocess=PreprocessConfig(image_size=SIZE), windows=windows,
+                 aggregation=AggregationConfig(tta_flip=False))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def built(weights, tmp_path_factory) -> dict:
+    """The bundle built through the CLI (TTA switched on, batch size 7, no GPU)."""
+    out = tmp_path_factory.mktemp("dist")
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        status = build_kernel.main(["--weights", str(weights), "--out", str(out), "--username", "tester",
+                                    "--tta", "on", "--batch-size", "7", "--no-gpu"])
+    assert status == 0
+    return {"out": out, "dataset": out / "dataset", "kernel": out / "kernel", "stdout": stdout.getvalue()}
+
+
+@pytest.fixture(scope="module")
+def phantom_test(tmp_path_factory) -> Path:
+    """A small phantom test split (6 series: every location positive and negative at least once)."""
+    from phantom import make_dataset
+
+    root = tmp_path_factory.mktemp("phantom")
+    make_dataset(root, series=0, test_series=6, seed=11, size=(40, 56), slices=(10, 16))
+    return root / "test"
+
+
+def test_dataset_holds_runtime_package_and_weights(built, weights):
+    dataset = built["dataset"]
+    files = sorted(p.relative_to(dataset).as_posix() for p in dataset.rglob("*") if p.is_file())
+    package = sorted(p.stem for p in (dataset / "inference").iterdir())
+    assert package == runtime_modules()
+    assert {"kernel", "gateway", "predict", "load", "ensemble", "normalize"} <= set(package)
+    assert all(p.suffix == ".py" for p in (dataset / "inference").iterdir())
+    assert not any(f.split("/")[0] in ("phantom", "training", "tests", "scripts") for f in files)
+    assert "train_minimal.py" not in files and "build_kernel.py" not in files
+    bundled = Manifest.read(dataset / "weights", verify=True)
+    assert bundled.aggregation.tta_flip is True and bundled.windows.batch_size == 7
+    source = Manifest.read(weights, verify=True)
+    assert [f.sha256 for f in bundled.folds] == [f.sha256 for f in source.folds]
+    assert [sha256_file(dataset / "weights" / f.file) for f in bundled.folds] == [f.sha256 for f in source.folds]
+    marker = json.loads((dataset / build_kernel.BUNDLE_MARKER).read_text())
+    assert marker["dataset_id"] == "tester/rsna-aneurysm-kit-bundle" and marker["opsets"]
+    for part in ("runtime package", "weights fold 0", "weights fold 1", "kernel", "total"):
+        assert part in built["stdout"]
+
+
+def test_metadata_have_the_kaggle_cli_fields(built):
+    dataset_meta = json.loads((built["dataset"] / "dataset-metadata.json").read_text())
+    assert dataset_meta["id"] == "tester/rsna-aneurysm-kit-bundle"
+    assert 6 <= len(dataset_meta["title"]) <= 50
+    assert dataset_meta["licenses"] and all("name" in lic for lic in dataset_meta["licenses"])
+    meta = json.loads((built["kernel"] / "kernel-metadata.json").read_text())
+    assert meta["id"] == "tester/rsna-aneurysm-kit-submission"
+    assert meta["title"].lower().replace(" ", "-") == meta["id"].split("/")[1]
+    assert (built["kernel"] / meta["code_file"]).is_file() and meta["code_file"].endswith(".ipynb")
+    assert meta["language"] == "python" and meta["kernel_type"] == "notebook"
+    assert meta["is_private"] is True and meta["enable_gpu"] is False and meta["enable_internet"] is False
+    assert meta["dataset_sources"] == [dataset_meta["id"]]
+    assert meta["competition_sources"] == [COMPETITION_SLUG]
+
+
+def test_notebook_is_valid_nbformat4_and_equals_py_twin(built):
+    nbformat = pytest.importorskip("nbformat")
+    meta = json.loads((built["kernel"] / "kernel-metadata.json").read_text())
+    notebook_path = built["kernel"] / meta["code_file"]
+    raw = json.loads(notebook_path.read_text())
+    assert raw["nbformat"] == 4
+    notebook = nbformat.reads(notebook_path.read_text(), as_version=4)
+    nbformat.validate(notebook)
+    sources = [cell.source for cell in notebook.cells if cell.cell_type == "code"]
+    twin = notebook_path.with_suffix(".py").read_text()
+    assert cells_from_py(twin) == sources
+    for source in sources:
+        compile(source, "cell", "exec")
+    code = "\n".join(sources)
+    assert "--no-index" in code and "--find-links" in code and "kernel_main" in code
+
+
+def _clean_env(tmp: Path, bundle: Path, test_dir: Path, **extra: str) -> dict[str, str]:
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp), "PYTHONPATH": "",
+           "PYTHONNOUSERSITE": "1", "LANG": "C.UTF-8", "RSNA_BUNDLE_DIR": str(bundle),
+           "RSNA_COMPETITION_DIR": str(tmp / "no-competition-data"), "RSNA_TEST_CSV": str(test_dir / "test.csv"),
+           "RSNA_SERIES_DIR": str(test_dir / "series"), "RSNA_SHARE_DIR": str(tmp / "shared"),
+           "OMP_NUM_THREADS": "1"}
+    env.update(extra)
+    return env
+
+
+def test_bundled_kernel_runs_offline_in_a_clean_process(built, phantom_test, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("kaggle")
+    assert REPO not in tmp.parents
+    bundle = shutil.copytree(built["dataset"], tmp / "input" / "rsna-aneurysm-kit-bundle")
+    kernel = shutil.copytree(built["kernel"], tmp / "kernel")
+    working = tmp / "working"
+    working.mkdir()
+    env = _clean_env(tmp, bundle, phantom_test, RSNA_LABELS_CSV=str(phantom_test / "test_labels.csv"))
+    proc = subprocess.run([sys.executable, "-X", "importtime", str(kernel / "rsna-aneurysm-kit-submission.py")],
+                          cwd=working, env=env, capture_output=True, text=True, timeout=300)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    imported = {line.rsplit("|", 1)[1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    assert "onnxruntime" in imported and not imported & {"torch", "timm", "torchvision", "training", "phantom"}
+    assert f"runtime package: {bundle / 'inference'}" in log  # the copy, not the repository, was imported
+    assert "kaggle_evaluation is not importable" in log
+    submission = pl.read_parquet(working / "submission.parquet")
+    expected = pl.read_csv(phantom_test / "test.csv")[ID_COLUMN].to_list()
+    assert submission.columns == [ID_COLUMN, *LABELS]
+    assert sorted(submission[ID_COLUMN].to_list()) == sorted(expected)
+    values = submission.select(LABELS).to_numpy()
+    assert np.isfinite(values).all() and (values >= 0).all() and (values <= 1).all()
+    priors = np.array(Manifest.read(bundle / "weights").priors)
+    assert not np.allclose(values, priors[None, :])  # the models ran: not the fallback priors
+    summary = json.loads((working / "gateway_summary.json").read_text())
+    assert summary["timing"]["series"] == len(expected)
+    assert 0.0 <= summary["score"]["score"] <= 1.0
+    assert not any(p.is_symlink() for p in (tmp / "shared").rglob("*"))
+
+
+def test_kernel_fails_loudly_when_kaggle_gateway_is_required(built, phantom_test, tmp_path):
+    env = _clean_env(tmp_path, built["dataset"], phantom_test, RSNA_GATEWAY="kaggle")
+    script = built["kernel"] / "rsna-aneurysm-kit-submission.py"
+    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode != 0
+    assert "kaggle_evaluation cannot be imported" in proc.stdout + proc.stderr
+    assert not (tmp_path / "submission.parquet").exists()
+
+
+def _copy_weights(weights: Path, tmp: Path) -> Path:
+    return Path(shutil.copytree(weights, tmp / "weights"))
+
+
+def test_checks_run_before_anything_is_written(weights, tmp_path):
+    bad = _copy_weights(weights, tmp_path)
+    with open(bad / "fold1.onnx", "ab") as handle:
+        handle.write(b"\0")
+    out = tmp_path / "dist"
+    with pytest.raises(BuildError, match="sha256"):
+        build(BuildOptions(weights=bad, out=out))
+    assert not (out / "dataset").exists() and not (out / "kernel").exists()
+    assert not list(out.glob(".build-*"))
+
+    shutil.rmtree(bad)
+    bad = _copy_weights(weights, tmp_path)
+    data = json.loads((bad / "manifest.json").read_text())
+    data["labels"] = list(reversed(data["labels"]))
+    (bad / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(BuildError, match="another order"):
+        build(BuildOptions(weights=bad, out=out))
+
+    with pytest.raises(BuildError, match="folds"):
+        build(BuildOptions(weights=weights, out=out, folds=(5,)))
+    with pytest.raises(BuildError, match="resolves to the slug"):
+        build(BuildOptions(weights=weights, out=out, kernel_title="Something else entirely"))
+    assert not (out / "dataset").exists()
+
+
+def test_not_an_onnx_file_fails(weights, tmp_path):
+    bad = _copy_weights(weights, tmp_path)
+    (bad / "fold0.onnx").write_bytes(b"not a model")
+    manifest = Manifest.read(bad, verify=False)
+    folds = tuple(dataclasses.replace(f, sha256=sha256_file(bad / f.file)) for f in manifest.folds)
+    dataclasses.replace(manifest, folds=folds).write(bad)
+    with pytest.raises(BuildError, match="onnxruntime cannot load"):
+        build(BuildOptions(weights=bad, out=tmp_path / "dist"))
+
+
+def test_fold_subset_and_wheel_dir(weights, tmp_path):
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    for name in ("onnxruntime_gpu-1.20.0-cp311-cp311-manylinux_2_27_x86_64.manylinux_2_28_x86_64.whl",
+                 "pydicom-3.0.2-py3-none-any.whl", "sympy-1.14.0-py3-none-any.whl"):
+        with zipfile.ZipFile(wheels / name, "w") as archive:
+            archive.writestr("placeholder.txt", name)
+    out = tmp_path / "dist"
+    result = build(BuildOptions(weights=weights, out=out, folds=(1,), wheel_dir=wheels,
+                                wheel_packages=("onnxruntime-gpu", "pydicom==3.0.2", "pylibjpeg")))
+    assert [f.fold for f in result.manifest.folds] == [1]
+    assert sorted(p.name for p in (out / "dataset" / "weights").iterdir()) == ["fold1.onnx", "manifest.json"]
+    assert len(list((out / "dataset" / "wheels").glob("*.whl"))) == 3
+    requirements = (out / "dataset" / "wheels" / "requirements.txt").read_text().split()
+    assert requirements == ["onnxruntime-gpu==1.20.0", "pydicom==3.0.2"]
+    assert any(row[0] == "wheel onnxruntime-gpu 1.20.0" for row in result.sizes)
+
+    old = tmp_path / "old-wheels"
+    old.mkdir()
+    with zipfile.ZipFile(old / "onnxruntime_gpu-1.11.0-cp311-cp311-manylinux_2_28_x86_64.whl", "w") as archive:
+        archive.writestr("placeholder.txt", "old")
+    with pytest.raises(BuildError, match="implements opsets up to"):
+        build(BuildOptions(weights=weights, out=tmp_path / "dist2", wheel_dir=old,
+                           wheel_packages=("onnxruntime-gpu",)))
+
+
+def test_runtime_modules_follow_imports_and_refuse_torch(tmp_path):
+    package = tmp_path / "inference"
+    package.mkdir()
+    (package / "__init__.py").write_text('"""x"""\n')
+    (package / "kernel.py").write_text("from .a import f\n\ndef g():\n    from . import b\n")
+    (package / "a.py").write_text("import numpy\n")
+    (package / "b.py").write_text("from inference.c import h\n")
+    (package / "c.py").write_text("h = 1\n")
+    (package / "unused.py").write_text("import torch\n")
+    assert runtime_modules(package) == ["__init__", "a", "b", "c", "kernel"]
+    (package / "c.py").write_text("def h():\n    import torch\n")
+    with pytest.raises(BuildError, match="torch"):
+        runtime_modules(package)
+
+
+FAKE_SERVER = '''\
+"""A stand-in for the competition's server module: records how the kernel drives it (not Kaggle's code)."""
+import json
+import os
+
+
+class RSNAInferenceServer:
+    def __init__(self, predict):
+        self.predict = predict
+
+    def _answer(self, mode, data_paths=None):
+        series = os.environ["FAKE_SERIES"]
+        frame = self.predict(series)
+        with open(os.environ["FAKE_RECORD"], "w") as handle:
+            json.dump({"mode": mode, "data_paths": data_paths, "columns": list(frame.columns),
+                       "rows": frame.height}, handle)
+
+    def serve(self):
+        self._answer("serve")
+
+    def run_local_gateway(self, data_paths=None, file_share_dir=None):
+        self._answer("local", data_paths)
+'''
+
+
+@pytest.mark.parametrize("rerun, explicit", [(True, False), (False, False), (False, True)])
+def test_kernel_drives_kaggle_server_when_importable(built, phantom_test, tmp_path, rerun, explicit):
+    competition = tmp_path / "competition"
+    (competition / "kaggle_evaluation").mkdir(parents=True)
+    (competition / "kaggle_evaluation" / "__init__.py").write_text("")
+    (competition / "kaggle_evaluation" / "rsna_inference_server.py").write_text(FAKE_SERVER)
+    series = sorted((phantom_test / "series").iterdir())[0]
+    env = _clean_env(tmp_path, built["dataset"], phantom_test, RSNA_COMPETITION_DIR=str(competition),
+                     FAKE_SERIES=str(series), FAKE_RECORD=str(tmp_path / "record.json"))
+    if not explicit:
+        del env["RSNA_TEST_CSV"], env["RSNA_SERIES_DIR"]
+    if rerun:
+        env["KAGGLE_IS_COMPETITION_RERUN"] = "1"
+    script = built["kernel"] / "rsna-aneurysm-kit-submission.py"
+    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    record = json.loads((tmp_path / "record.json").read_text())
+    assert record["mode"] == ("serve" if rerun else "local")
+    assert record["columns"] == list(LABELS) and record["rows"] == 1
+    if explicit:
+        assert record["data_paths"] == [str(phantom_test / "test.csv"), str(phantom_test / "series")]
+    else:
+        assert record["data_paths"] is None
+    assert not (tmp_path / "submission.parquet").exists()  # our own gateway did not run
+
+
+def test_kernel_unpacks_folders_that_kaggle_kept_as_archives(built, phantom_test, tmp_path):
+    bundle = Path(shutil.copytree(built["dataset"], tmp_path / "input" / "bundle"))
+    for name in ("inference", "weights"):  # as `kaggle datasets create --dir-mode zip` packs a folder
+        shutil.make_archive(str(bundle / name), "zip", root_dir=bundle / name)
+        shutil.rmtree(bundle / name)
+    working = tmp_path / "working"
+    working.mkdir()
+    env = _clean_env(tmp_path, bundle, phantom_test, RSNA_UNPACK_DIR=str(tmp_path / "unpacked"))
+    script = built["kernel"] / "rsna-aneurysm-kit-submission.py"
+    proc = subprocess.run([sys.executable, str(script)], cwd=working, env=env, capture_output=True, text=True,
+                          timeout=120)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    assert f"runtime package: {tmp_path / 'unpacked' / 'inference'}" in log
+    assert pl.read_parquet(working / "submission.parquet").height == pl.read_csv(phantom_test / "test.csv").height
+
+
+def test_kernel_paths_default_to_kaggle_and_follow_the_environment(tmp_path):
+    from inference.kernel import COMPETITION_DIR_DEFAULT, KernelPaths
+
+    paths = KernelPaths.from_env({})
+    assert paths.competition_dir == Path(COMPETITION_DIR_DEFAULT)
+    assert paths.share_dir == Path("/kaggle/shared")
+    assert paths.test_csv == Path(COMPETITION_DIR_DEFAULT) / "test.csv"
+    assert paths.weights_dir == REPO / "weights" and paths.labels_csv is None and not paths.explicit_test_data
+    custom = KernelPaths.from_env({"RSNA_COMPETITION_DIR": str(tmp_path), "RSNA_WEIGHTS_DIR": "/w",
+                                   "RSNA_SERIES_DIR": "/s", "RSNA_LABELS_CSV": "/l.csv"})
+    assert custom.test_csv == tmp_path / "test.csv" and custom.series_dir == Path("/s")
+    assert custom.weights_dir == Path("/w") and custom.labels_csv == Path("/l.csv") and custom.explicit_test_data

@@ -1,0 +1,1 @@
+"""Trainer internals behind train_minimal.py: cache, sampling, model, loop, export, out-of-fold scoring."""

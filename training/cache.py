@@ -1,0 +1,180 @@
+"""Series -> preprocessed uint8 volume cache (the kernel's own preprocess_volume), parallel, resumable."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from inference.config import PreprocessConfig, config_hash, to_dict
+
+from .localizers import LocalizerRow, PreparedPoint, place_points, rows_hash
+
+__all__ = ["CacheEntry", "CacheReport", "cache_dir_for", "build_cache", "load_pixels"]
+
+log = logging.getLogger(__name__)
+
+_PLACEMENT_VERSION = 2  # bump when localizer placement changes, so cached points are recomputed
+
+
+def _points_key(rows: list[LocalizerRow]) -> str:
+    return f"{rows_hash(rows)}-v{_PLACEMENT_VERSION}"
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    """One cached series: its uint8 stack file and what was learnt while preparing it."""
+
+    uid: str
+    pixels_path: str
+    modality: str
+    shape: tuple[int, int, int]
+    points: tuple[PreparedPoint, ...]
+    notes: tuple[str, ...] = ()  # localizers that could not be placed, files the loader dropped
+
+
+@dataclass
+class CacheReport:
+    """The cache after `build_cache`: usable entries and the series that failed (uid -> reason)."""
+
+    root: Path
+    entries: dict[str, CacheEntry] = field(default_factory=dict)
+    failures: dict[str, str] = field(default_factory=dict)
+
+
+def cache_dir_for(cache_dir: str | Path, cfg: PreprocessConfig) -> Path:
+    """The cache folder of one preprocessing config: a config change never reuses stale volumes."""
+    return Path(cache_dir) / f"preprocess-{config_hash(cfg)}"
+
+
+def _entry_from_meta(root: Path, meta: dict[str, Any]) -> CacheEntry:
+    return CacheEntry(uid=meta["uid"], pixels_path=str(root / f"{meta['uid']}.npy"), modality=meta["modality"],
+                      shape=tuple(meta["shape"]), points=tuple(PreparedPoint(**p) for p in meta["points"]),
+                      notes=tuple(meta.get("notes", ())))
+
+
+def _read_valid(root: Path, uid: str, loc_hash: str) -> CacheEntry | None:
+    meta_path, pixels_path = root / f"{uid}.json", root / f"{uid}.npy"
+    if not (meta_path.is_file() and pixels_path.is_file()):
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if meta.get("localizer_hash") != loc_hash:
+        return None
+    return _entry_from_meta(root, meta)
+
+
+def _cache_one(folder: str, uid: str, rows: list[LocalizerRow], cfg_dict: dict[str, Any], root: str,
+               decode_workers: int | None = None) -> dict[str, Any]:
+    """Worker: load, preprocess (inference.normalize), place localizers, write pixels + meta atomically.
+
+    Inside a cache worker process `decode_workers` is 1: the loader's own decoding pool would nest a pool in a
+    pool worker (and keep it alive at exit), while the cache already spreads series over processes.
+    """
+    from inference.config import from_dict
+    from inference.load import load_series
+    from inference.normalize import preprocess_volume
+
+    cfg = from_dict(PreprocessConfig, cfg_dict)
+    volume = load_series(folder, workers=decode_workers)
+    prepared = preprocess_volume(volume, cfg)
+    points, problems = place_points(volume, prepared, rows)
+    out = Path(root)
+    tmp = out / f".{uid}.{os.getpid()}.npy"
+    np.save(tmp, np.ascontiguousarray(prepared.pixels, dtype=np.uint8))
+    os.replace(tmp, out / f"{uid}.npy")
+    meta = {"uid": uid, "modality": str(volume.modality), "shape": list(prepared.pixels.shape),
+            "points": [asdict(p) for p in points], "localizer_hash": _points_key(rows),
+            "notes": problems + [f"dropped: {d}" for d in getattr(volume, "dropped", [])]}
+    tmp_meta = out / f".{uid}.{os.getpid()}.json"
+    tmp_meta.write_text(json.dumps(meta))
+    os.replace(tmp_meta, out / f"{uid}.json")
+    return meta
+
+
+def build_cache(folders: dict[str, Path], localizers: dict[str, list[LocalizerRow]], cfg: PreprocessConfig,
+                cache_dir: str | Path, *, workers: int = 2, progress: bool = True,
+                read_only: bool = False) -> CacheReport:
+    """Cache every series once (skipping those already cached with the same localizers) and report failures.
+
+    Args:
+        folders: series uid -> DICOM folder.
+        localizers: series uid -> its localizer rows (missing = none).
+        cfg: preprocessing config (its hash names the cache folder).
+        cache_dir: cache root.
+        workers: worker processes (<= 1: in this process).
+        progress: show a tqdm bar.
+        read_only: only collect what is cached (other torchrun ranks, after rank 0 built the cache).
+    Returns:
+        A CacheReport; failures are also written to `<root>/failures.json`. A failed series is skipped, not fatal.
+    """
+    root = cache_dir_for(cache_dir, cfg)
+    report = CacheReport(root=root)
+    if read_only:
+        for uid, rows in ((u, localizers.get(u, [])) for u in folders):
+            entry = _read_valid(root, uid, _points_key(rows))
+            if entry is not None:
+                report.entries[uid] = entry
+        return report
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "preprocess.json").write_text(json.dumps(to_dict(cfg), indent=2))
+    todo = []
+    for uid, folder in folders.items():
+        rows = localizers.get(uid, [])
+        entry = _read_valid(root, uid, _points_key(rows))
+        if entry is None:
+            todo.append((str(folder), uid, rows))
+        else:
+            report.entries[uid] = entry
+    if todo:
+        log.info("caching %d series (%d already cached) in %s", len(todo), len(report.entries), root)
+    cfg_dict = to_dict(cfg)
+    bar = tqdm(total=len(todo), desc="cache", unit="series", disable=not progress or not todo)
+
+    def _done(uid: str, meta: dict[str, Any] | None, error: BaseException | None) -> None:
+        if error is not None:
+            report.failures[uid] = f"{type(error).__name__}: {error}"
+            log.warning("series %s skipped: %s", uid, report.failures[uid])
+        else:
+            report.entries[uid] = _entry_from_meta(root, meta)
+        bar.update(1)
+
+    if workers <= 1:
+        for folder, uid, rows in todo:
+            try:
+                _done(uid, _cache_one(folder, uid, rows, cfg_dict, str(root)), None)
+            except Exception as exc:  # one bad series must not stop the cache
+                _done(uid, None, exc)
+        from inference.load import shutdown_pool
+
+        shutdown_pool()  # the loader's decoding pool must not outlive the cache (training forks DataLoader workers)
+    elif todo:
+        import multiprocessing
+
+        context = multiprocessing.get_context("spawn")  # the parent may hold torch threads: never fork it
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            futures = {pool.submit(_cache_one, folder, uid, rows, cfg_dict, str(root), 1): uid
+                       for folder, uid, rows in todo}
+            for future in as_completed(futures):
+                try:
+                    _done(futures[future], future.result(), None)
+                except Exception as exc:
+                    _done(futures[future], None, exc)
+    bar.close()
+    (root / "failures.json").write_text(json.dumps(report.failures, indent=2, sort_keys=True))
+    if report.failures:
+        log.warning("%d series failed to cache; see %s", len(report.failures), root / "failures.json")
+    return report
+
+
+def load_pixels(entry: CacheEntry, *, mmap: bool = True) -> np.ndarray:
+    """The cached uint8 (Z, S, S) stack (memory-mapped by default, so many series fit)."""
+    return np.load(entry.pixels_path, mmap_mode="r" if mmap else None)

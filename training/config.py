@@ -1,0 +1,315 @@
+"""The trainer's typed configuration: YAML presets, dotted command-line overrides, validation."""
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from inference.config import AggregationConfig, PreprocessConfig, WindowConfig, from_dict, to_dict
+from inference.errors import ConfigError
+
+__all__ = [
+    "ModelConfig",
+    "SamplingConfig",
+    "AugmentConfig",
+    "TrainLoopConfig",
+    "CacheConfig",
+    "ExportConfig",
+    "TrainConfig",
+    "load_config",
+    "apply_overrides",
+    "describe_keys",
+]
+
+
+def _f(default: Any, help: str) -> Any:
+    """A dataclass field with a default and a help line (shown by `train_minimal.py --help`)."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The dual-stream network."""
+
+    arch: str = _f("tf_efficientnet_b0", "any timm model name, used for both streams")
+    pretrained: bool = _f(False, "load timm's pretrained weights (must already be in the local timm/HF cache)")
+    coord_dim: int = _f(64, "width of the coordinate MLP (2 -> coord_dim)")
+    drop_rate: float = _f(0.2, "dropout before the classifier")
+
+    def __post_init__(self) -> None:
+        if self.coord_dim < 1:
+            raise ConfigError(f"model.coord_dim must be >= 1, got {self.coord_dim}")
+        if not 0.0 <= self.drop_rate < 1.0:
+            raise ConfigError(f"model.drop_rate must be in [0, 1), got {self.drop_rate}")
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """Which windows a training epoch sees, their labels and the stream-2 regime (the inference-regime guard)."""
+
+    label_radius: int = _f(2, "a window centred within this many slices of a localizer is positive for its location")
+    positive_jitter: int = _f(2, "positive windows are centred up to this many slices from the localizer slice")
+    negatives_per_positive: float = _f(2.0, "negative windows drawn per positive window")
+    negative_min_distance: int = _f(5, "negatives from positive series are at least this many slices from any localizer")
+    positive_series_negative_share: float = _f(0.3, "share of negatives taken from positive series (far slices)")
+    same_level_share: float = _f(0.8, "share of negatives from negative series centred at the slice levels of positives")
+    guard: bool = _f(True, "inference-regime guard: positives often get identical streams + zero coordinates, "
+                     "negatives random ROI crops + their coordinates; false = the flawed design (measure only)")
+    positive_inference_share: float = _f(0.6, "with the guard: share of positives in the inference regime")
+    negative_roi_share: float = _f(0.4, "with the guard: share of negatives given a random ROI crop + coordinates")
+    roi_fraction: float = _f(0.15, "ROI box side as a fraction of the image side")
+    hard_negative_share: float = _f(0.0, "share of negatives drawn from mined hard negatives (windows the current "
+                                    "model scores highest in negative regions; see train.mine_every)")
+
+    def __post_init__(self) -> None:
+        for name in ("positive_series_negative_share", "same_level_share", "positive_inference_share",
+                     "negative_roi_share", "hard_negative_share"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ConfigError(f"sampling.{name} must be in [0, 1], got {value}")
+        if self.guard and self.positive_inference_share < 0.5:
+            raise ConfigError("sampling.positive_inference_share must be >= 0.5 with the guard on "
+                              f"(got {self.positive_inference_share}); set sampling.guard=false to measure the flaw")
+        if not 0.0 < self.roi_fraction <= 1.0:
+            raise ConfigError(f"sampling.roi_fraction must be in (0, 1], got {self.roi_fraction}")
+        if self.label_radius < 0 or self.positive_jitter < 0:
+            raise ConfigError("sampling.label_radius and sampling.positive_jitter must be >= 0")
+        if self.positive_jitter > self.label_radius:
+            raise ConfigError(f"sampling.positive_jitter ({self.positive_jitter}) must not exceed "
+                              f"sampling.label_radius ({self.label_radius}): a jittered positive must stay positive")
+        if self.negative_min_distance <= self.label_radius:
+            raise ConfigError(f"sampling.negative_min_distance ({self.negative_min_distance}) must exceed "
+                              f"sampling.label_radius ({self.label_radius})")
+        if self.negatives_per_positive < 0:
+            raise ConfigError(f"sampling.negatives_per_positive must be >= 0, got {self.negatives_per_positive}")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Augmentations that keep anatomy (applied identically to every channel of a window)."""
+
+    flip_lr: float = _f(0.5, "probability of a left-right flip (labels are swapped left <-> right with it)")
+    rotate_deg: float = _f(10.0, "max in-plane rotation, degrees")
+    scale: float = _f(0.1, "max relative zoom in or out")
+    translate: float = _f(0.05, "max shift as a fraction of the image side")
+    brightness: float = _f(0.1, "max additive intensity shift (input units, 1.0 = white)")
+    contrast: float = _f(0.15, "max relative contrast change")
+    noise_std: float = _f(0.02, "max std of additive gaussian noise")
+    blur_prob: float = _f(0.15, "probability of a light gaussian blur")
+
+    def __post_init__(self) -> None:
+        for name in ("flip_lr", "blur_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"augment.{name} must be a probability, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class TrainLoopConfig:
+    """Folds, optimisation and checkpoints."""
+
+    num_folds: int = _f(5, "K of the stratified K-fold split (Aneurysm Present x Modality)")
+    folds: list = _f([], "folds to train (empty = all); CLI: --folds 0,2")
+    epochs: int = _f(12, "epochs per fold")
+    windows_per_epoch: int = _f(20000, "training windows sampled afresh each epoch")
+    batch_size: int = _f(32, "windows per optimisation step (per process under torchrun)")
+    optimizer: str = _f("adamw", "adamw or adam")
+    lr: float = _f(1e-3, "peak learning rate (cosine decay to lr * min_lr_ratio)")
+    min_lr_ratio: float = _f(0.01, "final learning rate as a fraction of lr")
+    warmup_steps: int = _f(100, "linear warm-up steps")
+    weight_decay: float = _f(1e-4, "AdamW weight decay (Adam: L2)")
+    grad_clip: float = _f(1.0, "max gradient norm (0 = off)")
+    present_weight: float = _f(1.0, "BCE weight of Aneurysm Present relative to each location (the metric: 13)")
+    amp: bool = _f(True, "mixed precision on CUDA (ignored on CPU)")
+    seed: int = _f(0, "seed for folds, sampling, augmentation and init")
+    num_workers: int = _f(2, "DataLoader worker processes (0 = in the main process)")
+    val_stride: int = _f(1, "validation windows every n-th slice (1 = what the kernel does with stride 1)")
+    val_every: int = _f(1, "validate every n epochs (and always after the last)")
+    resume: bool = _f(True, "continue a fold from its last checkpoint; skip finished folds")
+    threads: int = _f(0, "torch CPU threads (0 = torch's default)")
+    mine_every: int = _f(1, "with sampling.hard_negative_share > 0: re-mine hard negatives every n epochs")
+    mine_max_series: int = _f(400, "training series scored per mining pass (a random subset when more)")
+    mine_per_series: int = _f(3, "highest-scoring negative windows kept per mined series")
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "folds", [int(v) for v in self.folds])
+        if self.num_folds < 2:
+            raise ConfigError(f"train.num_folds must be >= 2, got {self.num_folds}")
+        bad = [f for f in self.folds if not 0 <= f < self.num_folds]
+        if bad:
+            raise ConfigError(f"train.folds {bad} outside 0..{self.num_folds - 1}")
+        if self.present_weight <= 0:
+            raise ConfigError(f"train.present_weight must be positive, got {self.present_weight}")
+        if self.optimizer not in ("adamw", "adam"):
+            raise ConfigError(f"train.optimizer must be adamw or adam, got {self.optimizer!r}")
+        for name in ("epochs", "windows_per_epoch", "batch_size", "val_stride", "val_every", "mine_every",
+                     "mine_max_series", "mine_per_series"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """The preprocessed-volume cache."""
+
+    workers: int = _f(2, "worker processes that load and preprocess series")
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """ONNX export of each fold."""
+
+    opset: int = _f(17, "ONNX opset (>= 17)")
+    fp16: bool = _f(False, "export float16 models (GPU kernels); parity then checked at export.fp16_tol")
+    parity_tol: float = _f(1e-4, "max |torch - onnxruntime| logit difference on real validation windows")
+    fp16_tol: float = _f(5e-2, "parity tolerance of the float16 export")
+    parity_windows: int = _f(32, "validation windows used in the parity check")
+    oof: bool = _f(True, "score each exported fold on its held-out series through inference.predict.Predictor")
+
+    def __post_init__(self) -> None:
+        if self.opset < 17:
+            raise ConfigError(f"export.opset must be >= 17, got {self.opset}")
+
+
+_SECTIONS: dict[str, type] = {
+    "preprocess": PreprocessConfig,
+    "windows": WindowConfig,
+    "aggregation": AggregationConfig,
+    "model": ModelConfig,
+    "sampling": SamplingConfig,
+    "augment": AugmentConfig,
+    "train": TrainLoopConfig,
+    "cache": CacheConfig,
+    "export": ExportConfig,
+}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything the trainer needs; `to_dict()` is what lands in the manifest's provenance."""
+
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    windows: WindowConfig = field(default_factory=WindowConfig)
+    aggregation: AggregationConfig = field(default_factory=AggregationConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    train: TrainLoopConfig = field(default_factory=TrainLoopConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: to_dict(getattr(self, name)) for name in _SECTIONS}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        data = data or {}
+        unknown = set(data) - set(_SECTIONS)
+        if unknown:
+            raise ConfigError(f"unknown config sections {sorted(unknown)}; known: {sorted(_SECTIONS)}")
+        parts = {}
+        for name, section_cls in _SECTIONS.items():
+            values = data.get(name) or {}
+            if not isinstance(values, dict):
+                raise ConfigError(f"config section {name!r} must be a mapping, got {type(values).__name__}")
+            if section_cls is TrainLoopConfig and "folds" in values:
+                values = {**values, "folds": list(values["folds"] or [])}
+                parts[name] = section_cls(**_checked(section_cls, values))
+            else:
+                parts[name] = from_dict(section_cls, values)
+        return cls(**parts)
+
+
+def _checked(cls: type, values: dict[str, Any]) -> dict[str, Any]:
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(values) - names
+    if unknown:
+        raise ConfigError(f"unknown {cls.__name__} keys: {sorted(unknown)}; known: {sorted(names)}")
+    return values
+
+
+_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
+def _coerce(value: Any) -> Any:
+    """YAML 1.1 reads 1e-4 (no dot) as a string: turn numeric-looking strings into numbers."""
+    if isinstance(value, str) and _NUMBER.match(value.strip()):
+        number = float(value)
+        return int(number) if number.is_integer() and not any(ch in value for ch in ".eE") else number
+    if isinstance(value, list):
+        return [_coerce(v) for v in value]
+    return value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `section.key=value` strings (values parsed as YAML: 3, 1e-3, true, [-2,0,2]) to a config dict."""
+    out = {k: dict(v or {}) for k, v in (data or {}).items()}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        section, dot, name = key.strip().partition(".")
+        if not sep or not dot or not name:
+            raise ConfigError(f"override {item!r} must look like section.key=value (e.g. train.epochs=3)")
+        if section not in _SECTIONS:
+            raise ConfigError(f"override {item!r}: unknown section {section!r}; known: {sorted(_SECTIONS)}")
+        if name not in {f.name for f in dataclasses.fields(_SECTIONS[section])}:
+            raise ConfigError(f"override {item!r}: {section} has no key {name!r}; see --help")
+        out.setdefault(section, {})[name] = _coerce(yaml.safe_load(raw))
+    return out
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a YAML preset (None = built-in defaults), apply overrides, validate.
+
+    Raises:
+        ConfigError: unreadable file, unknown section/key, or an out-of-range value.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"cannot read config {path}: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"config {path} must be a mapping of sections")
+    data = {k: {n: _coerce(v) for n, v in (section or {}).items()} if isinstance(section, dict) else section
+            for k, section in data.items()}
+    data = apply_overrides(data, overrides or [])
+    try:
+        return TrainConfig.from_dict(data)
+    except TypeError as exc:
+        raise ConfigError(f"bad config value: {exc}") from exc
+
+
+# help lines of the kernel's own config sections (inference/config.py), which the kernel reads from the manifest
+_KERNEL_HELP = {
+    "preprocess.image_size": "slices are resized to image_size x image_size (the model input size)",
+    "preprocess.ct_window": "Hounsfield units mapped to 0..255",
+    "preprocess.mr_percentiles": "MR intensities between these percentiles map to 0..255",
+    "preprocess.percentile_stride": "voxel subsampling for the MR percentiles",
+    "preprocess.keep_aspect": "pad each slice to a physical square before resizing",
+    "preprocess.slice_spacing_mm": "resample the slice axis to this spacing (null = native slices)",
+    "windows.offsets": "slice offsets of the window channels around the centre (5 channels = 5 offsets)",
+    "windows.stride": "the kernel visits every stride-th centre slice",
+    "windows.scale": "model input = uint8 pixel * scale",
+    "windows.batch_size": "windows per onnxruntime run in the kernel",
+    "aggregation.fold_average": "prob or logit: how the kernel averages folds",
+    "aggregation.method": "max or topk_mean: window -> series reduction (validation reports both)",
+    "aggregation.top_k": "windows averaged by topk_mean",
+    "aggregation.tta_flip": "kernel also runs the mirrored window and swaps left/right back",
+}
+
+
+def describe_keys() -> str:
+    """Every config key with its default and help line, for --help."""
+    lines = []
+    for section, cls in _SECTIONS.items():
+        defaults = cls()
+        for f in dataclasses.fields(cls):
+            help_text = f.metadata.get("help", "") or _KERNEL_HELP.get(f"{section}.{f.name}", "")
+            lines.append(f"  {section}.{f.name} = {getattr(defaults, f.name)!r}  {help_text}".rstrip())
+    return "\n".join(lines)

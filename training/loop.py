@@ -1,0 +1,326 @@
+"""Train and validate one fold: fresh windows each epoch, AdamW/Adam + cosine, AMP on CUDA, DDP, checkpoints."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.data.distributed import DistributedSampler
+from tqdm import tqdm
+
+from inference.aggregate import aggregate_windows
+from inference.config import AggregationConfig
+from inference.labels import LABELS, PRESENT_INDEX
+from inference.windows import iter_window_batches
+
+from .augment import WindowAugment
+from .config import TrainConfig
+from .model import DualStreamNet, InferenceGraph, build_model
+from .sampling import (ROI, CachedSeries, Sample, draw_epoch, negative_centres, normalized_coords, roi_crop,
+                       window_at)
+from .scoring import score_predictions
+
+__all__ = ["DistInfo", "init_distributed", "seed_everything", "WindowDataset", "predict_windows", "validate",
+           "mine_hard_negatives", "FoldResult", "train_fold", "load_best"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """This process's place in a torchrun job (rank 0 of 1 without torchrun)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: str = "cpu"
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            dist.barrier()
+
+
+def init_distributed() -> DistInfo:
+    """Join the torchrun process group when WORLD_SIZE > 1 (nccl on CUDA, gloo on CPU); pick this rank's device."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = torch.cuda.is_available()
+    device = f"cuda:{local_rank}" if cuda else "cpu"
+    if cuda:
+        torch.cuda.set_device(local_rank)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if cuda else "gloo")
+    return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=device)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+class WindowDataset(Dataset):
+    """Training windows: the kernel's window, augmented, and stream 2 built from the sample's regime.
+
+    Items are (full (C,S,S), roi (C,S,S), coords (2,), labels (14,)) float32 tensors. In the inference regime
+    roi is the window itself and coords are zeros, exactly what the exported graph feeds the network.
+    """
+
+    def __init__(self, series: list[CachedSeries], samples: list[Sample], cfg: TrainConfig, *, seed: int,
+                 augment: bool = True) -> None:
+        self.series = series
+        self.samples = samples
+        self.cfg = cfg
+        self.seed = int(seed)
+        self.augment = WindowAugment(cfg.augment) if augment else None
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        s = self.samples[index]
+        pixels = self.series[s.series].pixels
+        size = pixels.shape[-1]
+        window = window_at(pixels, s.centre, self.cfg.windows.offsets, scale=self.cfg.windows.scale)
+        point, labels = s.roi_point, s.labels.copy()
+        if self.augment is not None:
+            rng = np.random.default_rng([self.seed, index])
+            window, point, labels = self.augment(window, point, labels, rng)
+        if s.regime == ROI and point is not None:
+            roi = roi_crop(window, point, fraction=self.cfg.sampling.roi_fraction, out_size=size)
+            coords = normalized_coords(point, size)
+        else:
+            roi, coords = window, np.zeros(2, np.float32)
+        return (torch.from_numpy(np.ascontiguousarray(window)), torch.from_numpy(np.ascontiguousarray(roi)),
+                torch.from_numpy(coords), torch.from_numpy(labels.astype(np.float32)))
+
+
+@torch.no_grad()
+def predict_windows(net: DualStreamNet, pixels: np.ndarray, cfg: TrainConfig, *, device: str = "cpu",
+                    batch_size: int = 64) -> np.ndarray:
+    """(N, 14) probabilities of every window of a cached stack, in the inference regime (as the kernel runs it)."""
+    graph = InferenceGraph(net).eval()
+    windows = dataclasses.replace(cfg.windows, stride=cfg.train.val_stride)
+    out = []
+    for batch in iter_window_batches(np.asarray(pixels), windows, batch_size=batch_size):
+        logits = graph(torch.from_numpy(batch.inputs).to(device))
+        out.append(torch.sigmoid(logits.float()).cpu().numpy())
+    return np.concatenate(out, axis=0)
+
+
+def validate(net: DualStreamNet, series: list[CachedSeries], cfg: TrainConfig, *, device: str = "cpu",
+             progress: bool = False) -> dict[str, Any]:
+    """Series-level validation in the inference regime, with the configured aggregation and both alternatives."""
+    was_training = net.training
+    net.eval()
+    window_probs = [predict_windows(net, s.pixels, cfg, device=device)
+                    for s in tqdm(series, desc="validate", unit="series", disable=not progress, leave=False)]
+    net.train(was_training)
+    y_true = np.stack([s.labels for s in series])
+    report = {}
+    methods = {"configured": cfg.aggregation, "max": AggregationConfig(method="max"),
+               "topk_mean": AggregationConfig(method="topk_mean", top_k=cfg.aggregation.top_k)}
+    for name, agg in methods.items():
+        y_pred = np.stack([aggregate_windows(p, agg) for p in window_probs])
+        report[name] = score_predictions(y_true, y_pred)
+        if name == "configured":
+            report["y_pred"] = y_pred
+    return report
+
+
+def mine_hard_negatives(net: DualStreamNet, series: list[CachedSeries], cfg: TrainConfig, *, device: str = "cpu",
+                        rng: np.random.Generator) -> list[tuple[int, int]]:
+    """The negative windows the current model scores highest (Aneurysm Present), in the inference regime.
+
+    Max aggregation makes one confident false window per negative series cost the whole series, so those windows
+    are what the next epoch should see more of. Returns (series index, centre slice) pairs: the
+    `cfg.train.mine_per_series` highest-scoring allowed negative centres of each scored series.
+    """
+    was_training = net.training
+    net.eval()
+    order = rng.permutation(len(series))[:cfg.train.mine_max_series]
+    mined: list[tuple[int, int]] = []
+    stride = cfg.train.val_stride
+    for i in order:
+        s = series[int(i)]
+        allowed = negative_centres(s, cfg.sampling.negative_min_distance)
+        if allowed.size == 0:
+            continue
+        probs = predict_windows(net, s.pixels, cfg, device=device)[:, PRESENT_INDEX]
+        centres = np.arange(0, s.num_slices, stride)
+        keep = np.isin(centres, allowed)
+        if not keep.any():
+            continue
+        top = np.argsort(-probs[keep])[:cfg.train.mine_per_series]
+        mined += [(int(i), int(c)) for c in centres[keep][top]]
+    net.train(was_training)
+    return mined
+
+
+@dataclass
+class FoldResult:
+    """What training one fold produced."""
+
+    fold: int
+    best_path: Path
+    best_score: float | None
+    best_epoch: int
+    val_uids: list[str]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _lr_lambda(total_steps: int, warmup: int, min_ratio: float):
+    def factor(step: int) -> float:
+        if warmup > 0 and step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return factor
+
+
+def _make_optimizer(net: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.train.optimizer == "adamw":
+        return torch.optim.AdamW(net.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    return torch.optim.Adam(net.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+
+
+def load_best(path: str | Path, cfg: TrainConfig) -> DualStreamNet:
+    """Rebuild a fold's network from its best checkpoint (CPU, eval mode)."""
+    net = build_model(dataclasses.replace(cfg.model, pretrained=False), in_chans=cfg.windows.channels)
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    net.load_state_dict(state["model"])
+    return net.eval()
+
+
+def _selection_score(report: dict[str, Any]) -> float:
+    score = report["configured"]["score"]
+    return -math.inf if score is None else float(score)
+
+
+def train_fold(cfg: TrainConfig, fold: int, train_series: list[CachedSeries], val_series: list[CachedSeries], *,
+               checkpoint_dir: str | Path, dist_info: DistInfo | None = None, progress: bool = True) -> FoldResult:
+    """Train one fold, validating in the inference regime; keep `best.pt` (by validation score) and `last.pt`.
+
+    With `cfg.train.resume`, a fold continues from `last.pt` and a finished fold returns at once.
+    Under torchrun every rank trains on its share of each epoch's windows; rank 0 validates and saves.
+    """
+    info = dist_info or DistInfo()
+    started = time.time()
+    folder = Path(checkpoint_dir) / f"fold{fold}"
+    folder.mkdir(parents=True, exist_ok=True)
+    last_path, best_path = folder / "last.pt", folder / "best.pt"
+    seed_everything(cfg.train.seed * 1000 + fold)
+    device = info.device
+    net = build_model(cfg.model, in_chans=cfg.windows.channels).to(device)
+    model: torch.nn.Module = net
+    if info.world_size > 1:
+        model = torch.nn.parallel.DistributedDataParallel(net, device_ids=[info.local_rank] if "cuda" in device else None)
+    optimizer = _make_optimizer(net, cfg)
+    per_rank = max(1, cfg.train.windows_per_epoch // info.world_size)
+    steps_per_epoch = max(1, per_rank // cfg.train.batch_size)
+    total_steps = steps_per_epoch * cfg.train.epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, _lr_lambda(total_steps, cfg.train.warmup_steps, cfg.train.min_lr_ratio))
+    use_amp = cfg.train.amp and "cuda" in device
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    start_epoch, best_score, best_epoch, history = 0, -math.inf, -1, []
+    val_uids = [s.uid for s in val_series]
+    if cfg.train.resume and last_path.is_file():
+        state = torch.load(last_path, map_location=device, weights_only=False)
+        net.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        start_epoch, best_score, best_epoch = state["epoch"], state["best_score"], state["best_epoch"]
+        history = state["history"]
+        if info.is_main:
+            log.info("fold %d: resuming after epoch %d (best %.4f at epoch %d)", fold, start_epoch, best_score,
+                     best_epoch)
+    label_weights = torch.ones(len(LABELS), device=device)
+    label_weights[PRESENT_INDEX] = cfg.train.present_weight
+    label_weights = label_weights * len(LABELS) / label_weights.sum()  # same loss scale as an unweighted mean
+    criterion = torch.nn.BCEWithLogitsLoss(weight=label_weights)
+    mining = cfg.sampling.hard_negative_share > 0
+    hard: list[tuple[int, int]] | None = None  # the latest mined pool, reused until the next mining pass
+    for epoch in range(start_epoch, cfg.train.epochs):
+        rng = np.random.default_rng([cfg.train.seed, fold, epoch])
+        if mining and epoch > 0 and (epoch % cfg.train.mine_every == 0 or hard is None):
+            # every rank mines the same windows (same weights after DDP sync, same rng) so epochs stay aligned
+            hard = mine_hard_negatives(net, train_series, cfg, device=device, rng=rng)
+        samples = draw_epoch(train_series, steps_per_epoch * cfg.train.batch_size * info.world_size,
+                             cfg.sampling, image_size=cfg.preprocess.image_size, rng=rng, hard_negatives=hard)
+        dataset = WindowDataset(train_series, samples, cfg, seed=hash((cfg.train.seed, fold, epoch)) % (2**31))
+        sampler = (DistributedSampler(dataset, num_replicas=info.world_size, rank=info.rank, shuffle=False,
+                                      drop_last=True) if info.world_size > 1 else None)
+        loader = DataLoader(dataset, batch_size=cfg.train.batch_size, sampler=sampler, shuffle=False,
+                            num_workers=cfg.train.num_workers, drop_last=True,
+                            pin_memory="cuda" in device)
+        model.train()
+        losses = []
+        bar = tqdm(loader, desc=f"fold {fold} epoch {epoch + 1}/{cfg.train.epochs}", unit="batch",
+                   disable=not (progress and info.is_main), leave=False)
+        for full, roi, coords, labels in bar:
+            full, roi = full.to(device, non_blocking=True), roi.to(device, non_blocking=True)
+            coords, labels = coords.to(device), labels.to(device)
+            with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
+                logits = model(full, roi, coords)
+            loss = criterion(logits.float(), labels)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if cfg.train.grad_clip > 0:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.train.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            losses.append(float(loss.detach()))
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+        entry: dict[str, Any] = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else None,
+                                 "lr": scheduler.get_last_lr()[0]}
+        last_epoch = epoch + 1 == cfg.train.epochs
+        if info.is_main and ((epoch + 1) % cfg.train.val_every == 0 or last_epoch):
+            report = validate(net, val_series, cfg, device=device)
+            score = _selection_score(report)
+            entry.update({name: {k: report[name][k] for k in ("score", "present_auc", "mean_location_auc")}
+                          for name in ("configured", "max", "topk_mean")})
+            improved = score > best_score or best_epoch < 0
+            if improved:
+                best_score, best_epoch = score, epoch + 1
+                torch.save({"model": net.state_dict(), "epoch": epoch + 1, "score": score,
+                            "config": cfg.to_dict()}, best_path)
+            conf = report["configured"]
+            log.info("fold %d epoch %d/%d: loss %.4f  val score %s (Present AUC %s, location AUC %s; max %s, "
+                     "top-k %s)%s", fold, epoch + 1, cfg.train.epochs, entry["train_loss"] or float("nan"),
+                     _fmt(conf["score"]), _fmt(conf["present_auc"]), _fmt(conf["mean_location_auc"]),
+                     _fmt(report["max"]["score"]), _fmt(report["topk_mean"]["score"]), "  *best*" if improved else "")
+        history.append(entry)
+        if info.is_main:
+            tmp = folder / ".last.pt.tmp"
+            torch.save({"model": net.state_dict(), "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch + 1,
+                        "best_score": best_score, "best_epoch": best_epoch, "history": history}, tmp)
+            os.replace(tmp, last_path)
+        info.barrier()
+    return FoldResult(fold=fold, best_path=best_path, best_score=None if best_score == -math.inf else best_score,
+                      best_epoch=best_epoch, val_uids=val_uids, history=history, seconds=time.time() - started)
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"

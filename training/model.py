@@ -1,0 +1,63 @@
+"""DualStreamNet (full window + ROI crop + coordinate MLP -> 14 logits) and its one-input inference graph."""
+from __future__ import annotations
+
+import timm
+import torch
+from torch import nn
+
+from inference.labels import LABELS
+
+from .config import ModelConfig
+
+__all__ = ["DualStreamNet", "InferenceGraph", "build_model"]
+
+
+class DualStreamNet(nn.Module):
+    """Two timm backbones (full window, ROI crop) and a 2 -> coord_dim MLP, concatenated into a linear classifier.
+
+    Args:
+        arch: timm model name for both streams.
+        in_chans: channels of a window (len(offsets)).
+        pretrained: load timm's pretrained weights (they must be cached locally: no download here).
+        coord_dim: width of the coordinate MLP.
+        drop_rate: dropout before the classifier.
+    """
+
+    def __init__(self, arch: str, *, in_chans: int, pretrained: bool = False, coord_dim: int = 64,
+                 drop_rate: float = 0.0) -> None:
+        super().__init__()
+        self.full_stream = timm.create_model(arch, pretrained=pretrained, in_chans=in_chans, num_classes=0)
+        self.roi_stream = timm.create_model(arch, pretrained=pretrained, in_chans=in_chans, num_classes=0)
+        self.coord_mlp = nn.Sequential(nn.Linear(2, coord_dim), nn.ReLU(inplace=True),
+                                       nn.Linear(coord_dim, coord_dim), nn.ReLU(inplace=True))
+        features = _feature_dim(self.full_stream) + _feature_dim(self.roi_stream) + coord_dim
+        self.dropout = nn.Dropout(drop_rate)
+        self.classifier = nn.Linear(features, len(LABELS))
+
+    def forward(self, full: torch.Tensor, roi: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+        """(B, C, S, S), (B, C, S, S), (B, 2) -> (B, 14) logits."""
+        parts = [self.full_stream(full), self.roi_stream(roi), self.coord_mlp(coords)]
+        return self.classifier(self.dropout(torch.cat(parts, dim=1)))
+
+
+def _feature_dim(stream: nn.Module) -> int:
+    """Width of a timm model's pooled output with num_classes=0 (MobileNetV3 adds a head conv after num_features)."""
+    return int(getattr(stream, "head_hidden_size", None) or stream.num_features)
+
+
+class InferenceGraph(nn.Module):
+    """The exported graph: ONE window feeds both streams, the coordinates are zeros (what the kernel runs)."""
+
+    def __init__(self, net: DualStreamNet) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, window: torch.Tensor) -> torch.Tensor:
+        coords = torch.zeros_like(window[:, :2, 0, 0])
+        return self.net(window, window, coords)
+
+
+def build_model(cfg: ModelConfig, *, in_chans: int) -> DualStreamNet:
+    """The dual-stream network described by `cfg`."""
+    return DualStreamNet(cfg.arch, in_chans=in_chans, pretrained=cfg.pretrained, coord_dim=cfg.coord_dim,
+                         drop_rate=cfg.drop_rate)

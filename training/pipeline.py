@@ -1,0 +1,154 @@
+"""The whole training run: read data, cache, K folds, train, export, manifest, out-of-fold report."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import yaml
+
+from inference.errors import ConfigError, ManifestError
+from inference.manifest import Manifest
+
+from .cache import build_cache, load_pixels
+from .config import TrainConfig
+from .data import read_localizers, read_train_table, series_folder
+from .export import export_fold, write_manifest
+from .folds import make_folds
+from .loop import init_distributed, load_best, train_fold
+from .oof import oof_report
+from .sampling import CachedSeries, window_at
+
+__all__ = ["run_training", "parity_windows", "config_fingerprint", "fold_file"]
+
+log = logging.getLogger(__name__)
+
+
+def fold_file(fold: int) -> str:
+    return f"fold_{fold}.onnx"
+
+
+def config_fingerprint(cfg: TrainConfig) -> str:
+    """Hash of everything that shapes a fold's model except which folds run (folds of one run share it)."""
+    data = cfg.to_dict()
+    data["train"] = {k: v for k, v in data["train"].items() if k not in ("folds", "resume", "num_workers", "threads")}
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def parity_windows(series: list[CachedSeries], cfg: TrainConfig, count: int) -> np.ndarray:
+    """Real validation windows for the export check: at localizer slices and spread through each series."""
+    windows = []
+    per_series = max(2, count // max(1, len(series)) + 1)
+    for s in series:
+        centres = [int(round(p.z)) for p in s.points]
+        centres += list(np.linspace(0, s.num_slices - 1, per_series).round().astype(int))
+        for c in centres[:per_series]:
+            windows.append(window_at(s.pixels, c, cfg.windows.offsets, scale=cfg.windows.scale))
+        if len(windows) >= count:
+            break
+    return np.stack(windows[:count])
+
+
+def _previous_folds(out_dir: Path, fingerprint: str, exclude: set[int]) -> list[dict[str, Any]]:
+    """Fold entries of an earlier run into the same folder with the same config (so --folds runs add up)."""
+    try:
+        old = Manifest.read(out_dir, verify=True)
+    except ManifestError:
+        return []
+    if old.provenance.get("config_fingerprint") != fingerprint:
+        log.warning("%s holds folds of another config; they are dropped from the new manifest", out_dir)
+        return []
+    return [{"fold": f.fold, "file": f.file, "val_score": f.val_score} for f in old.folds if f.fold not in exclude]
+
+
+def run_training(cfg: TrainConfig, *, data_dir: str | Path, out_dir: str | Path, cache_dir: str | Path,
+                 checkpoint_dir: str | Path, progress: bool = True) -> dict[str, Any]:
+    """Train the configured folds on the competition layout in `data_dir` and export them to `out_dir`.
+
+    Returns:
+        A summary: manifest path, per-fold best validation scores and seconds, cache failures, OOF report.
+    Raises:
+        ConfigError: unusable data folder or too few usable series for the folds.
+    """
+    info = init_distributed()
+    if cfg.train.threads > 0:
+        torch.set_num_threads(cfg.train.threads)
+    elif info.world_size > 1 and "cuda" not in info.device:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // info.world_size))
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    table = read_train_table(data_dir / "train.csv")
+    localizers = read_localizers(data_dir / "train_localizers.csv")
+    folders = {uid: series_folder(data_dir, uid) for uid in table.uids}
+    missing = {uid: "series folder missing" for uid, folder in folders.items() if not folder.is_dir()}
+    folders = {uid: f for uid, f in folders.items() if uid not in missing}
+    if info.is_main:
+        report = build_cache(folders, localizers, cfg.preprocess, cache_dir, workers=cfg.cache.workers,
+                             progress=progress)
+    info.barrier()
+    if not info.is_main:
+        report = build_cache(folders, localizers, cfg.preprocess, cache_dir, workers=0, progress=False,
+                             read_only=True)
+    failures = {**missing, **report.failures}
+    uids = [u for u in table.uids if u in report.entries]
+    if len(uids) < cfg.train.num_folds:
+        raise ConfigError(f"only {len(uids)} usable series in {data_dir} for {cfg.train.num_folds} folds "
+                          f"({len(failures)} failed, see {report.root / 'failures.json'})")
+    rows = [table.index(u) for u in uids]
+    labels = {u: table.labels[i] for u, i in zip(uids, rows)}
+    modality = {u: table.modality[i] for u, i in zip(uids, rows)}
+    assignment = make_folds([int(labels[u][-1] > 0.5) for u in uids], [modality[u] for u in uids],
+                            num_folds=cfg.train.num_folds, seed=cfg.train.seed)
+    series = {u: CachedSeries(uid=u, modality=modality[u], pixels=load_pixels(report.entries[u]),
+                              points=list(report.entries[u].points), labels=labels[u]) for u in uids}
+    selected = cfg.train.folds or list(range(cfg.train.num_folds))
+    fingerprint = config_fingerprint(cfg)
+    results, exported = {}, []
+    for fold in selected:
+        train = [series[u] for u, f in zip(uids, assignment) if f != fold]
+        val = [series[u] for u, f in zip(uids, assignment) if f == fold]
+        if info.is_main:
+            log.info("fold %d: %d training series (%d positive), %d validation series (%d positive)", fold,
+                     len(train), sum(s.positive for s in train), len(val), sum(s.positive for s in val))
+        result = train_fold(cfg, fold, train, val, checkpoint_dir=checkpoint_dir, dist_info=info,
+                            progress=progress)
+        results[fold] = result
+        if info.is_main:
+            net = load_best(result.best_path, cfg)
+            parity = export_fold(net, out_dir / fold_file(fold), opset=cfg.export.opset, fp16=cfg.export.fp16,
+                                 parity_windows=parity_windows(val, cfg, cfg.export.parity_windows),
+                                 tolerance=cfg.export.parity_tol, fp16_tolerance=cfg.export.fp16_tol)
+            exported.append({"fold": fold, "file": fold_file(fold), "val_score": result.best_score,
+                             "parity_max_abs_diff": parity.max_abs_diff})
+        info.barrier()
+    summary: dict[str, Any] = {"folds": {}, "cache_failures": failures}
+    if info.is_main:
+        previous = _previous_folds(out_dir, fingerprint, {e["fold"] for e in exported})
+        held_out = {f: [u for u, a in zip(uids, assignment) if a == f] for f in selected}
+        extra = {"config_fingerprint": fingerprint, "data_dir": str(data_dir), "world_size": info.world_size,
+                 "device": info.device, "fold_assignment": dict(zip(uids, assignment.tolist())),
+                 "folds": {str(f): {"best_epoch": r.best_epoch, "best_val_score": r.best_score,
+                                    "seconds": round(r.seconds, 1), "history": r.history,
+                                    "validation_series": len(r.val_uids)} for f, r in results.items()},
+                 "parity": {str(e["fold"]): e["parity_max_abs_diff"] for e in exported},
+                 "cache_failures": failures}
+        priors = np.mean(np.stack([labels[u] for u in uids]), axis=0)
+        manifest = write_manifest(out_dir, cfg, exported + previous, priors=priors, extra_provenance=extra)
+        (out_dir / "train_config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        summary["manifest"] = str(manifest)
+        summary["folds"] = {f: {"best_val_score": r.best_score, "best_epoch": r.best_epoch,
+                                "seconds": round(r.seconds, 1)} for f, r in results.items()}
+        if cfg.export.oof:
+            summary["oof"] = oof_report(out_dir, held_out, labels=labels, modality=modality,
+                                        folder_of=lambda u: folders[u], progress=progress)
+    info.barrier()
+    if info.world_size > 1 and dist.is_initialized():
+        dist.destroy_process_group()
+    return summary
+
+
