@@ -168,9 +168,13 @@ def _read_in_pool(
     try:
         if _POOL is None or _POOL_WORKERS != workers:
             shutdown_pool()
-            # fork: spawn/forkserver would re-import the caller's __main__ (re-running an unguarded script);
-            # the workers only run pydicom decoders, never the parent's threaded runtimes (onnxruntime, cv2)
-            _POOL = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+            # forkserver, not fork: on Kaggle this process runs gRPC, onnxruntime and preparation threads, and a
+            # forked child inherits any lock they hold at that instant; a deadlocked worker would hang predict
+            # past the 30-minute limit and fail the whole submission. Workers fork from a clean single-threaded
+            # server that preloads only this module (not the caller's __main__).
+            context = multiprocessing.get_context("forkserver")
+            context.set_forkserver_preload([__name__])
+            _POOL = ProcessPoolExecutor(workers, mp_context=context)
             _POOL_WORKERS = workers
         chunk = max(1, min(8, len(paths) // (4 * workers)))
         return list(_POOL.map(_read_one, paths, [tuple(backends)] * len(paths), chunksize=chunk))
