@@ -22,6 +22,7 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
+    JPEGLSLossless,
     RLELossless,
     generate_uid,
 )
@@ -386,10 +387,22 @@ def test_enhanced_multiframe_with_per_frame_rescale(tmp_path, anatomy, name):
     _localizer_check(volume, written, anatomy)
 
 
-def test_jpeg2000_series_reads_the_same_in_the_pool_and_in_process(tmp_path, anatomy):
-    folder = tmp_path / "j2k"
+def _shared_memory_segments() -> set[str]:
+    root = Path("/dev/shm")
+    return {p.name for p in root.iterdir()} if root.is_dir() else set()
+
+
+def _pooled_series(folder: Path, anatomy, syntax) -> np.ndarray:
     hu = np.tile(anatomy, (2, 1, 1)).repeat(8, axis=1).repeat(8, axis=2)  # large enough for the J2K encoder
-    _write_slices(folder, hu, *ACQUISITIONS["axial_flipped_rows"], syntax=JPEG2000Lossless)
+    _write_slices(folder, hu, *ACQUISITIONS["axial_flipped_rows"], syntax=syntax)
+    return hu
+
+
+@pytest.mark.parametrize("syntax", [JPEG2000Lossless, JPEGLSLossless], ids=["jpeg2000", "jpegls"])
+def test_compressed_series_reads_the_same_in_the_pool_and_in_process(tmp_path, anatomy, syntax):
+    folder = tmp_path / "pooled"
+    hu = _pooled_series(folder, anatomy, syntax)
+    before = _shared_memory_segments()
     shutdown_pool()
     try:
         pooled = load_series(folder, workers=2)
@@ -401,6 +414,60 @@ def test_jpeg2000_series_reads_the_same_in_the_pool_and_in_process(tmp_path, ana
     np.testing.assert_array_equal(pooled.pixels, hu)
     np.testing.assert_array_equal(pooled.pixels, single.pixels)
     assert pooled.sources == single.sources
+    assert _shared_memory_segments() <= before  # the shared block was unlinked
+
+
+def test_pool_returns_frames_through_one_shared_block(tmp_path, anatomy):
+    folder = tmp_path / "pooled"
+    _pooled_series(folder, anatomy, JPEGLSLossless)
+    paths = [str(p) for p in sorted(folder.iterdir())]
+    first = read_dicom(paths[0])
+    try:
+        with inference.load._SHARED_LOCK:
+            results = inference.load._read_in_pool(paths[1:], 2, ("fast", "pydicom"), like=first)
+            images = [image for image, _ in results]
+            assert all(image is not None for image in images)
+            assert len({id(image.pixels.base) for image in images}) == 1  # views of one block, not pickled arrays
+            pixels = [image.pixels.copy() for image in images]  # the views die with the block
+            del results, images
+        again = load_series(folder, workers=2)  # the block is reused by the next series
+    finally:
+        shutdown_pool()
+    for path, frames in zip(paths[1:], pixels):
+        np.testing.assert_array_equal(frames, read_dicom(path).pixels)
+    np.testing.assert_array_equal(again.pixels, load_series(folder, workers=1).pixels)
+
+
+def test_pool_ships_misfits_and_skips_broken_files(tmp_path, anatomy, monkeypatch):
+    folder = tmp_path / "pooled"
+    hu = _pooled_series(folder, anatomy, JPEGLSLossless)
+    paths = sorted(folder.iterdir())
+    full = load_series(folder, workers=1)
+    scout = pydicom.dcmread(paths[4])  # a differently sized file cannot use its slot: it comes back pickled
+    scout.decompress()
+    scout.Rows, scout.Columns = 16, 24
+    scout.PixelData = np.arange(16 * 24, dtype=np.uint16).tobytes()
+    scout.save_as(paths[4])
+    _break(paths[6], "truncated")
+    shutdown_pool()
+    try:
+        volume = load_series(folder, workers=2)
+        results = inference.load._read_in_pool([str(p) for p in paths[1:]], 2, ("fast", "pydicom"),
+                                               like=read_dicom(paths[0]))
+        scout_pixels, broken = results[3][0].pixels.copy(), results[5]  # copies: the block goes with the pool
+        del results
+        shutdown_pool()
+        monkeypatch.setattr(inference.load, "_shared_block_fits", lambda nbytes: False)
+        no_shm = load_series(folder, workers=2)
+    finally:
+        shutdown_pool()
+    gone = {round(full.to_canonical(source.sop_instance_uid, 0, 0, 0)[0]) for source in full.sources
+            if Path(source.path).name in (paths[4].name, paths[6].name)}
+    np.testing.assert_array_equal(volume.pixels, np.delete(hu, sorted(gone), axis=0))
+    np.testing.assert_array_equal(no_shm.pixels, volume.pixels)
+    assert any(paths[6].name in note for note in volume.dropped)
+    np.testing.assert_array_equal(scout_pixels[0], np.arange(16 * 24).reshape(16, 24))
+    assert broken[0] is None and paths[6].name in broken[1]
 
 
 def test_rle_series_stays_in_process(tmp_path, anatomy):
