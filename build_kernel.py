@@ -334,8 +334,9 @@ import subprocess
 import sys
 import time
 
-logging.basicConfig(level=logging.INFO, stream=sys.stdout, force=True,
-                    format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+# Every action sits under `if __name__ == "__main__"`: the runtime's decoding pool starts its workers with
+# forkserver, and a worker re-imports a script run as `python kernel.py` (as __mp_main__); unguarded, each worker
+# would rerun the whole kernel (unpack, pip, gateway) and delete the files the real run is reading.
 log = logging.getLogger("kernel")
 DATASET_SLUG = @DATASET_SLUG@
 MARKER = @MARKER@
@@ -383,8 +384,11 @@ def unpack_archives(bundle):
     return target
 
 
-BUNDLE = unpack_archives(find_bundle())
-log.info("bundle: %s", BUNDLE)''',
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout, force=True,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    BUNDLE = unpack_archives(find_bundle())
+    log.info("bundle: %s", BUNDLE)''',
     '''\
 def install_wheels(bundle):
     """pip install the bundled wheels offline (--no-index): nothing comes from the network."""
@@ -411,26 +415,33 @@ def install_wheels(bundle):
         log.info("bundled wheels installed in %.1f s", time.time() - start)
 
 
-install_wheels(BUNDLE)''',
+if __name__ == "__main__":
+    install_wheels(BUNDLE)''',
     '''\
-package = sorted(glob.glob(os.path.join(BUNDLE, "inference", "kernel.py"))
-                 + glob.glob(os.path.join(BUNDLE, "*", "inference", "kernel.py")))
-if not package:
-    raise FileNotFoundError(f"no inference/kernel.py in the bundle {BUNDLE}")
-sys.path.insert(0, os.path.dirname(os.path.dirname(package[0])))
-if not os.environ.get("RSNA_WEIGHTS_DIR"):
-    manifests = sorted(glob.glob(os.path.join(BUNDLE, "weights", "manifest.json"))
-                       + glob.glob(os.path.join(BUNDLE, "*", "weights", "manifest.json")))
-    if manifests:
-        os.environ["RSNA_WEIGHTS_DIR"] = os.path.dirname(manifests[0])
+def run_kernel(bundle):
+    """Put the bundled runtime package on sys.path and run its kernel entry (evaluation server or gateway)."""
+    package = sorted(glob.glob(os.path.join(bundle, "inference", "kernel.py"))
+                     + glob.glob(os.path.join(bundle, "*", "inference", "kernel.py")))
+    if not package:
+        raise FileNotFoundError(f"no inference/kernel.py in the bundle {bundle}")
+    sys.path.insert(0, os.path.dirname(os.path.dirname(package[0])))
+    if not os.environ.get("RSNA_WEIGHTS_DIR"):
+        manifests = sorted(glob.glob(os.path.join(bundle, "weights", "manifest.json"))
+                           + glob.glob(os.path.join(bundle, "*", "weights", "manifest.json")))
+        if manifests:
+            os.environ["RSNA_WEIGHTS_DIR"] = os.path.dirname(manifests[0])
 
-import inference
-from inference.kernel import main as kernel_main
+    import inference
+    from inference.kernel import main as kernel_main
 
-log.info("runtime package: %s", os.path.dirname(inference.__file__))
-status = kernel_main([])
-if status != 0:
-    raise RuntimeError(f"the kernel failed with status {status}: see the log above")''',
+    log.info("runtime package: %s", os.path.dirname(inference.__file__))
+    status = kernel_main([])
+    if status != 0:
+        raise RuntimeError(f"the kernel failed with status {status}: see the log above")
+
+
+if __name__ == "__main__":
+    run_kernel(BUNDLE)''',
 ]
 
 

@@ -166,7 +166,10 @@ def _read_all(
         index += 1
     rest = names[index:]
     results = None
-    if images and workers > 1 and len(rest) >= _MIN_POOL_FILES and images[0].transfer_syntax in _POOL_SYNTAXES:
+    # never from inside a worker process: nested pools multiply processes and cannot share the one block
+    in_worker = multiprocessing.parent_process() is not None
+    if (images and workers > 1 and not in_worker and len(rest) >= _MIN_POOL_FILES
+            and images[0].transfer_syntax in _POOL_SYNTAXES):
         results = _read_in_pool(rest, workers, backends, like=images[0])
     if results is None:
         results = [_read_one(path, backends) for path in rest]

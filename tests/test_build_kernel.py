@@ -5,6 +5,7 @@ import contextlib
 import dataclasses
 import io
 import json
+import re
 import os
 import shutil
 import subprocess
@@ -21,6 +22,7 @@ from build_kernel import BuildError, BuildOptions, build, cells_from_py, runtime
 from inference.config import AggregationConfig, PreprocessConfig, WindowConfig
 from inference.labels import COMPETITION_SLUG, ID_COLUMN, LABELS
 from inference.manifest import Manifest, sha256_file
+from inference.predict import Predictor
 
 from tests.onnx_models import PlantedModel, export_onnx, write_bundle
 
@@ -154,6 +156,38 @@ def test_bundled_kernel_runs_offline_in_a_clean_process(built, phantom_test, tmp
     assert not any(p.is_symlink() for p in (tmp / "shared").rglob("*"))
 
 
+def test_bundled_kernel_decodes_compressed_series_in_its_pool_once(built, tmp_path):
+    """Run as a script, the kernel must not be re-run inside the decoding pool's workers (they import __main__)."""
+    from phantom import Acquisition, series_spec, write_series
+
+    test_dir = tmp_path / "test"
+    uids = []
+    for seed, compression in enumerate(["jpeg2000", "jpegls", "jpeg2000"]):
+        acquisition = Acquisition(rows=64, cols=64, num_slices=12, pixel_spacing=(3.0, 3.0), slice_spacing=8.0,
+                                  compression=compression)
+        spec = series_spec(seed, modality="CTA", acquisition=acquisition)
+        write_series(spec, test_dir / "series" / spec.series_uid)
+        uids.append(spec.series_uid)
+    pl.DataFrame({ID_COLUMN: uids}).write_csv(test_dir / "test.csv")
+    working = tmp_path / "working"
+    working.mkdir()
+    env = _clean_env(tmp_path, built["dataset"], test_dir)
+    env.pop("OMP_NUM_THREADS")
+    proc = subprocess.run([sys.executable, str(built["kernel"] / "rsna-aneurysm-kit-submission.py")], cwd=working,
+                          env=env, capture_output=True, text=True, timeout=300)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    assert "decoding pool failed" not in log and "skipped" not in log, log[-4000:]
+    assert log.count("runtime package:") == 1  # no worker process re-ran the kernel
+    for uid in uids:  # each series answered once, from all of its 12 files
+        assert len(re.findall(f"series {re.escape(uid)}: 12 slices", log)) == 1, log[-4000:]
+    submission = pl.read_parquet(working / "submission.parquet")
+    predictor = Predictor(built["dataset"] / "weights", providers=["CPUExecutionProvider"])
+    for row in submission.iter_rows(named=True):
+        direct = predictor.predict_probabilities(str(test_dir / "series" / row[ID_COLUMN]))
+        np.testing.assert_allclose([row[label] for label in LABELS], direct, atol=1e-6)
+
+
 def test_kernel_fails_loudly_when_kaggle_gateway_is_required(built, phantom_test, tmp_path):
     env = _clean_env(tmp_path, built["dataset"], phantom_test, RSNA_GATEWAY="kaggle")
     script = built["kernel"] / "rsna-aneurysm-kit-submission.py"
@@ -247,6 +281,7 @@ def test_runtime_modules_follow_imports_and_refuse_torch(tmp_path):
 FAKE_SERVER = '''\
 """A stand-in for the competition's server module: records how the kernel drives it (not Kaggle's code)."""
 import json
+import re
 import os
 
 
