@@ -14,6 +14,7 @@ __all__ = [
     "stored_range",
     "decode_with_plugins",
     "count_encapsulated_frames",
+    "prefer_plugins",
 ]
 
 LOGGER = logging.getLogger(__name__)
@@ -21,6 +22,11 @@ LOGGER = logging.getLogger(__name__)
 # CharLS through pyjpegls decodes JPEG-LS about 1.5x faster than GDCM (pydicom's first choice) and 3.5x faster
 # than pylibjpeg-libjpeg here; for the other syntaxes pydicom's own order is as fast as any.
 _PREFERRED_PLUGIN = {"1.2.840.10008.1.2.4.80": "pyjpegls", "1.2.840.10008.1.2.4.81": "pyjpegls"}
+
+
+def prefer_plugins(preferences: dict[str, str]) -> None:
+    """Set the first decoder plugin tried for these transfer syntaxes (in this process; the loader's workers)."""
+    _PREFERRED_PLUGIN.update(preferences)
 
 
 def stored_range(bits_stored: int, signed: bool) -> tuple[int, int]:
