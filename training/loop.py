@@ -75,6 +75,10 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+# A GPU step of the b0 dual-stream model is launch-bound (about 95 ms at batch 32 and at 64 on an H100); reading
+# the loss back every step added 18 ms of it (benchmarks/bench_train_step.py).
+_LOSS_READ_EVERY = 20
+
 class WindowDataset(Dataset):
     """Training windows: the kernel's window, augmented, and stream 2 built from the sample's regime.
 
@@ -290,9 +294,11 @@ def train_fold(cfg: TrainConfig, fold: int, train_series: list[CachedSeries], va
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
-            losses.append(float(loss.detach()))
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
-        entry: dict[str, Any] = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else None,
+            losses.append(loss.detach())
+            if len(losses) % _LOSS_READ_EVERY == 0:  # reading a CUDA loss waits for the GPU: not every step
+                bar.set_postfix(loss=f"{float(torch.stack(losses[-_LOSS_READ_EVERY:]).mean()):.4f}")
+        entry: dict[str, Any] = {"epoch": epoch + 1,
+                                 "train_loss": float(torch.stack(losses).mean()) if losses else None,
                                  "lr": scheduler.get_last_lr()[0]}
         last_epoch = epoch + 1 == cfg.train.epochs
         if info.is_main and ((epoch + 1) % cfg.train.val_every == 0 or last_epoch):
