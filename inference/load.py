@@ -71,6 +71,8 @@ def load_series(
             in-process). pydicom's decoder plugins hold the GIL, so only processes decode in parallel; the pool
             is started on first use and kept for later series (`shutdown_pool` stops it), and the decoded
             slices come back through shared memory. Other syntaxes are read in-process (measured faster).
+            As with any multiprocessing program, a script that calls this keeps its actions under
+            `if __name__ == "__main__":` (the workers import the script's `__main__`).
         backends: the file readers tried in turn (see `inference.dicom_io.read_dicom`).
     Returns:
         A Volume: float32 rescaled pixels (inferior->superior, anterior->posterior, right->left), spacing in mm,
