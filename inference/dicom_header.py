@@ -127,13 +127,17 @@ def _explicit_length(buf: Any, pos: int) -> tuple[int, int]:
     return pos + 8, _U16.unpack_from(buf, pos + 6)[0]
 
 
+def _item_header(buf: Any, pos: int) -> tuple[int, int]:
+    """(tag, length) of the item or delimiter header at `pos` (always implicit little endian)."""
+    group, elem = _TAG.unpack_from(buf, pos)
+    return (group << 16) | elem, _U32.unpack_from(buf, pos + 4)[0]
+
+
 def _complete_items(buf: Any, pos: int) -> bool:
     """Whether encapsulated pixel data starting at `pos` is whole: defined-length items, then the delimiter."""
     size = len(buf)
     while pos + 8 <= size:
-        group, elem = _TAG.unpack_from(buf, pos)
-        tag = (group << 16) | elem
-        length = _U32.unpack_from(buf, pos + 4)[0]
+        tag, length = _item_header(buf, pos)
         if tag == _SEQUENCE_END:
             return True
         if tag != _ITEM or length == _UNDEFINED or pos + 8 + length > size:
@@ -146,9 +150,7 @@ def _skip_sequence(buf: Any, pos: int, explicit: bool) -> int:
     """Position after the sequence delimiter of an undefined-length sequence whose items start at `pos`."""
     size = len(buf)
     while pos + 8 <= size:
-        group, elem = _TAG.unpack_from(buf, pos)
-        tag = (group << 16) | elem
-        length = _U32.unpack_from(buf, pos + 4)[0]
+        tag, length = _item_header(buf, pos)
         if tag == _SEQUENCE_END:
             return pos + 8
         if tag != _ITEM:

@@ -231,7 +231,6 @@ def _shared_block(nbytes: int) -> shared_memory.SharedMemory | None:
     if not _shared_block_fits(nbytes):
         return None
     _SHARED_BLOCK = shared_memory.SharedMemory(create=True, size=max(1, nbytes))
-    atexit.register(shutdown_pool)  # a name left in /dev/shm would hold its memory after we exit
     return _SHARED_BLOCK
 
 
@@ -292,7 +291,8 @@ def _get_pool(workers: int) -> ProcessPoolExecutor:
         # forkserver, not fork: on Kaggle this process runs gRPC, onnxruntime and preparation threads, and a
         # forked child inherits any lock they hold at that instant; a deadlocked worker would hang predict
         # past the 30-minute limit and fail the whole submission. Workers fork from a clean single-threaded
-        # server that preloads only this module (not the caller's __main__).
+        # server that preloads this module; each still imports the caller's __main__ (hence the __main__ guard
+        # that load_series asks of scripts).
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload([__name__])
         _POOL = ProcessPoolExecutor(workers, mp_context=context, initializer=prefer_plugins,
@@ -301,6 +301,7 @@ def _get_pool(workers: int) -> ProcessPoolExecutor:
     return _POOL
 
 
+@atexit.register  # a block left in /dev/shm would hold its memory after we exit
 def shutdown_pool() -> None:
     """Stop the decoding worker processes and free their shared block (else both live until the interpreter exits)."""
     global _POOL, _POOL_WORKERS

@@ -29,13 +29,14 @@ def window_centres(num_slices: int, *, stride: int = 1) -> np.ndarray:
     return np.arange(0, num_slices, stride, dtype=np.int64)
 
 
-def window_indices(num_slices: int, offsets, *, stride: int = 1) -> np.ndarray:
+def window_indices(num_slices: int, offsets, *, stride: int = 1, centres=None) -> np.ndarray:
     """Slice indices of every window: row n, channel c is `centre_n + offsets[c]` clamped to [0, num_slices).
 
     Args:
         num_slices: slices in the stack.
         offsets: channel offsets around the centre slice, e.g. (-2, -1, 0, 1, 2).
         stride: visit every stride-th centre slice.
+        centres: these centre slices instead (the trainer's sampled windows); `stride` is then unused.
     Returns:
         int64 array (N, C).
     Raises:
@@ -44,7 +45,11 @@ def window_indices(num_slices: int, offsets, *, stride: int = 1) -> np.ndarray:
     offsets = np.asarray(tuple(offsets), dtype=np.int64)
     if offsets.ndim != 1 or offsets.size == 0:
         raise ConfigError(f"offsets must be a non-empty sequence of ints, got {offsets!r}")
-    centres = window_centres(num_slices, stride=stride)
+    if centres is None:
+        centres = window_centres(num_slices, stride=stride)
+    elif num_slices < 1:
+        raise ConfigError(f"a window needs at least one slice, got num_slices={num_slices}")
+    centres = np.asarray(centres, dtype=np.int64).reshape(-1)
     return np.clip(centres[:, None] + offsets[None, :], 0, num_slices - 1)
 
 

@@ -33,6 +33,14 @@ def _f(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
 
 
+def _require_fractions(section: Any, prefix: str, names: tuple[str, ...]) -> None:
+    """ConfigError unless each of these fields (shares, probabilities) is in [0, 1]."""
+    for name in names:
+        value = getattr(section, name)
+        if not 0.0 <= value <= 1.0:
+            raise ConfigError(f"{prefix}.{name} must be in [0, 1], got {value}")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """The dual-stream network."""
@@ -68,11 +76,8 @@ class SamplingConfig:
                                     "model scores highest in negative regions; see train.mine_every)")
 
     def __post_init__(self) -> None:
-        for name in ("positive_series_negative_share", "same_level_share", "positive_inference_share",
-                     "negative_roi_share", "hard_negative_share"):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise ConfigError(f"sampling.{name} must be in [0, 1], got {value}")
+        _require_fractions(self, "sampling", ("positive_series_negative_share", "same_level_share",
+                                              "positive_inference_share", "negative_roi_share", "hard_negative_share"))
         if self.guard and self.positive_inference_share < 0.5:
             raise ConfigError("sampling.positive_inference_share must be >= 0.5 with the guard on "
                               f"(got {self.positive_inference_share}); set sampling.guard=false to measure the flaw")
@@ -104,9 +109,7 @@ class AugmentConfig:
     blur_prob: float = _f(0.15, "probability of a light gaussian blur")
 
     def __post_init__(self) -> None:
-        for name in ("flip_lr", "blur_prob"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ConfigError(f"augment.{name} must be a probability, got {getattr(self, name)}")
+        _require_fractions(self, "augment", ("flip_lr", "blur_prob"))
 
 
 @dataclass(frozen=True)

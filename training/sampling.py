@@ -232,5 +232,5 @@ def normalized_coords(point: tuple[float, float], image_size: int) -> np.ndarray
 
 def window_at(pixels: np.ndarray, centre: int, offsets: tuple[int, ...], *, scale: float) -> np.ndarray:
     """The (C, S, S) float32 window the kernel builds for centre slice `centre` (inference.windows)."""
-    indices = window_indices(pixels.shape[0], offsets, stride=1)
-    return build_batch(pixels, indices[centre:centre + 1], scale=scale, dtype=np.float32)[0]
+    indices = window_indices(pixels.shape[0], offsets, centres=[centre])
+    return build_batch(pixels, indices, scale=scale, dtype=np.float32)[0]
