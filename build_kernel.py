@@ -45,7 +45,10 @@ REPO = Path(__file__).resolve().parent
 PACKAGE = "inference"
 ENTRY_MODULE = "kernel"
 BUNDLE_MARKER = "rsna_kit_bundle.json"  # at the dataset root: the notebook finds the bundle by this file
-FORBIDDEN_IMPORTS = ("torch", "timm", "torchvision", "training", "phantom", "tests")
+FORBIDDEN_IMPORTS = ("torch", "timm", "torchvision", "training", "phantom", "tests", "evaluation")
+# Pure-Python libraries the runtime imports that Kaggle's image may lack: copied from this environment into the
+# bundle's vendor/ folder (no wheel, no pip, no network needed on Kaggle).
+VENDORED_PACKAGES = ("pebble", "loky", "cloudpickle")
 # pip does not widen a --platform tag to older manylinux tags: list every tag the kernel's glibc accepts. Kaggle's
 # image is Ubuntu 22.04 (glibc 2.35); pylibjpeg-libjpeg 2.5 ships manylinux_2_31 wheels only.
 WHEEL_PLATFORMS = ("manylinux_2_35_x86_64", "manylinux_2_34_x86_64", "manylinux_2_31_x86_64",
@@ -157,6 +160,19 @@ def runtime_modules(package_dir: Path = REPO / PACKAGE, *, entry: str = ENTRY_MO
             raise BuildError(f"{path} imports {bad}: the kernel runtime must not import {list(FORBIDDEN_IMPORTS)}")
         todo.extend(siblings - seen)
     return sorted(seen)
+
+
+def _vendor_packages(target: Path, names: Sequence[str] = VENDORED_PACKAGES) -> None:
+    """Copy the installed pure-Python packages `names` (source only) into `target`."""
+    import importlib
+
+    for name in names:
+        try:
+            module = importlib.import_module(name)
+        except ImportError as exc:
+            raise BuildError(f"the kernel needs {name} ({exc}): pip install -r requirements-kernel.txt") from exc
+        source = Path(module.__file__).parent
+        shutil.copytree(source, target / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.so"))
 
 
 # --- offline wheels -------------------------------------------------------------------------------------------
@@ -424,7 +440,10 @@ def run_kernel(bundle):
                      + glob.glob(os.path.join(bundle, "*", "inference", "kernel.py")))
     if not package:
         raise FileNotFoundError(f"no inference/kernel.py in the bundle {bundle}")
-    sys.path.insert(0, os.path.dirname(os.path.dirname(package[0])))
+    root = os.path.dirname(os.path.dirname(package[0]))
+    sys.path.insert(0, root)
+    if os.path.isdir(os.path.join(root, "vendor")):  # pure-Python libraries the image may lack (pebble, loky)
+        sys.path.insert(1, os.path.join(root, "vendor"))
     if not os.environ.get("RSNA_WEIGHTS_DIR"):
         manifests = sorted(glob.glob(os.path.join(bundle, "weights", "manifest.json"))
                            + glob.glob(os.path.join(bundle, "*", "weights", "manifest.json")))
@@ -585,6 +604,7 @@ def build(options: BuildOptions) -> BuildResult:
             shutil.copy2(source, target)
             for extra in source.parent.glob(source.name + ".*"):  # external tensor data (fold_0.onnx.data)
                 shutil.copy2(extra, target.parent / extra.name)
+        _vendor_packages(dataset / "vendor")
         bundled.write(dataset / "weights")
         Manifest.read(dataset / "weights", verify=True)  # the copy is what the kernel will read
         _, wheel_versions = _collect_wheels(options, dataset)

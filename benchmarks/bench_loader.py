@@ -14,7 +14,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from inference.load import load_series, series_files, shutdown_pool  # noqa: E402
+from inference.decode_pool import DecodeLimits, DecodePool  # noqa: E402
+from inference.load import load_series, series_files  # noqa: E402
 
 __all__ = ["main", "naive_load", "write_benchmark_series"]
 
@@ -96,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slices", type=int, default=300, help="slices per series")
     parser.add_argument("--syntaxes", nargs="+", default=list(SYNTAXES), choices=SYNTAXES)
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per reader; the best one is reported")
-    parser.add_argument("--workers", type=int, default=None, help="load_series(workers=...) (default: auto)")
+    parser.add_argument("--workers", type=int, default=None, help="decoding worker processes (default: min(4, cores))")
     parser.add_argument("--data", type=Path, default=None,
                         help="keep the generated series here and reuse them on the next run (default: a temp dir)")
     args = parser.parse_args(argv)
@@ -104,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
 
     root = args.data or Path(tempfile.mkdtemp(prefix="bench_loader_"))
     rows = []
+    pool = DecodePool(DecodeLimits(workers=args.workers)).start(wait_s=60)  # started before the timed runs
     try:
         for syntax in args.syntaxes:
             folder = root / f"{syntax}_{args.size}_{args.slices}"
@@ -115,8 +117,8 @@ def main(argv: list[str] | None = None) -> int:
                 path.read_bytes()
             timed = _best_of(args.repeats, {
                 "naive": lambda: naive_load(folder),
-                "one": lambda: load_series(folder, workers=1),
-                "auto": lambda: load_series(folder, workers=args.workers),
+                "one": lambda: load_series(folder, in_process=True),
+                "auto": lambda: load_series(folder, pool=pool),
             })
             (base_s, base_cpu, baseline), (one_s, one_cpu, _), (load_s, _, volume) = (
                 timed["naive"], timed["one"], timed["auto"])
@@ -125,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append((syntax, n, 1e3 * base_s / n, 1e3 * one_s / n, 1e3 * load_s / n, base_s / load_s,
                          1e3 * base_cpu / n, 1e3 * one_cpu / n, same))
     finally:
-        shutdown_pool()
+        pool.close()
         if args.data is None:
             shutil.rmtree(root, ignore_errors=True)
 
@@ -138,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{one_cpu:>12.2f}  {'yes' if same else 'NO'}")
     print("naive = sequential dcmread(path).pixel_array + sort by InstanceNumber (no rescale, no orientation);")
     print("loader = load_series (read, decode, sort, rescale to float32, canonical orientation); best of "
-          f"{args.repeats}; 'loader 1 proc' decodes in-process, 'loader auto' may use worker processes.")
+          f"{args.repeats}; 'loader 1 proc' decodes in-process, 'loader auto' decodes compressed files in the isolated worker "
+          "processes (uncompressed files are read in-process either way).")
     print("speedup = naive / loader auto (wall). CPU columns: this process's CPU ms per slice (in-process runs),")
     print("less sensitive than wall time to other jobs sharing the cores.")
     return 0 if all(row[-1] for row in rows) else 1

@@ -20,6 +20,7 @@ _ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 
 # tag -> (keyword, kind): "us" unsigned short, "str" text, "num" backslash-separated numbers
 _WANTED: dict[int, tuple[str, str]] = {
+    0x00080016: ("SOPClassUID", "str"),
     0x00080018: ("SOPInstanceUID", "str"),
     0x00080060: ("Modality", "str"),
     0x00180050: ("SliceThickness", "num"),

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydicom.uid import UID
 
 from .dicom_header import scan_header
 from .dicom_pixels import (
@@ -53,10 +54,14 @@ class DicomImage:
     Attributes:
         path: the file read.
         sop_instance_uid: SOPInstanceUID (the file stem when the tag is missing).
+        sop_class_uid: SOPClassUID ("" when missing).
         modality: the Modality tag, upper case ("" when missing).
         instance_number: InstanceNumber, or None.
+        num_frames, rows, cols: the frame count (found in the pixel data) and the frame size.
         pixels: (frames, rows, cols) stored values, one channel, MONOCHROME2 sense (MONOCHROME1 inverted,
-            colour reduced to luminance as float32); rescale NOT applied.
+            colour reduced to luminance as float32); rescale NOT applied. None for an encapsulated file read
+            with `decode=False`: its frames are decoded later, in a worker process (`inference.decode_pool`).
+        pixel_dtype: the dtype `pixels` has, or will have once decoded.
         positions: (frames, 3) ImagePositionPatient per frame, NaN where unknown.
         orientations: (frames, 6) ImageOrientationPatient per frame, NaN where unknown.
         slopes, intercepts: (frames,) RescaleSlope / RescaleIntercept per frame (1 and 0 when absent).
@@ -72,7 +77,11 @@ class DicomImage:
     sop_instance_uid: str
     modality: str
     instance_number: int | None
-    pixels: np.ndarray
+    num_frames: int
+    rows: int
+    cols: int
+    pixels: np.ndarray | None
+    pixel_dtype: str
     positions: np.ndarray
     orientations: np.ndarray
     slopes: np.ndarray
@@ -82,20 +91,24 @@ class DicomImage:
     spacing_between_slices: float | None = None
     transfer_syntax: str = ""
     backend: str = ""
+    sop_class_uid: str = ""
     notes: list[str] = field(default_factory=list)
 
     @property
-    def num_frames(self) -> int:
-        return int(self.pixels.shape[0])
+    def encapsulated(self) -> bool:
+        """Whether the pixel data is compressed (decoded by native plugins: worker processes only)."""
+        return UID(self.transfer_syntax).is_encapsulated
 
 
-def read_dicom(path: str | Path, *, backends: Sequence[str] = DEFAULT_BACKENDS) -> DicomImage:
-    """Read one file once and decode all its frames.
+def read_dicom(path: str | Path, *, backends: Sequence[str] = DEFAULT_BACKENDS, decode: bool = True) -> DicomImage:
+    """Read one file once: its header, and its frames.
 
     Args:
         path: a DICOM file.
         backends: readers tried in turn ("fast", "pydicom", opt-in "dicomsdl"); a reader that declines the
             file or fails on it hands over to the next one.
+        decode: also decode compressed (encapsulated) frames. With False such a file comes back with
+            `pixels=None` and its frame count; uncompressed frames are always returned (a numpy view).
     Returns:
         The file's DicomImage.
     Raises:
@@ -114,7 +127,7 @@ def read_dicom(path: str | Path, *, backends: Sequence[str] = DEFAULT_BACKENDS) 
             failures.append(f"{name}: unknown backend")
             continue
         try:
-            return reader(path)
+            return reader(path, decode)
         except _NotApplicable as exc:
             declined.append(f"{name}: {exc}")
         except DicomFileError as exc:
@@ -136,7 +149,7 @@ def _map_file(path: Path) -> mmap.mmap:
         return mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
 
 
-def _read_fast(path: Path) -> DicomImage:
+def _read_fast(path: Path, decode: bool = True) -> DicomImage:
     """Plain little-endian monochrome files: a header scan, then a numpy view of the mapped native pixels or
     pydicom's decoders run on the mapped encapsulated pixels (no pydicom dataset is built)."""
     buffer = _map_file(path)
@@ -164,20 +177,23 @@ def _read_fast(path: Path) -> DicomImage:
         encapsulated = buffer[header.pixel_offset:]  # bytes: the items up to the sequence delimiter (and after)
         if count_encapsulated_frames(encapsulated, ts, hint=n) != n:
             raise _NotApplicable("encapsulated frame count does not match NumberOfFrames")
-        pixel_module = dict(rows=rows, columns=cols, number_of_frames=n, samples_per_pixel=1,
-                            bits_allocated=bits_allocated, bits_stored=bits_stored,
-                            pixel_representation=int(signed), photometric_interpretation=photometric)
-        arr = decode_with_plugins(encapsulated, ts, pixel_module).reshape(n, rows, cols)
-    if photometric == "MONOCHROME1":
+        arr = None
+        if decode:
+            pixel_module = dict(rows=rows, columns=cols, number_of_frames=n, samples_per_pixel=1,
+                                bits_allocated=bits_allocated, bits_stored=bits_stored,
+                                pixel_representation=int(signed), photometric_interpretation=photometric)
+            arr = decode_with_plugins(encapsulated, ts, pixel_module).reshape(n, rows, cols)
+    if arr is not None and photometric == "MONOCHROME1":
         arr = invert_monochrome1(arr, bits_stored, signed)
     get: Getter = lambda keyword: None if "." in keyword else values.get(keyword)  # noqa: E731
-    return _build_image(path, _Header(get, n), arr, ts, "fast", [])
+    dtype = _stored_dtype(bits_allocated, signed)
+    return _build_image(path, _Header(get, n), arr, (rows, cols), dtype, ts, "fast", [])
 
 
 # ----------------------------------------------------------------------------------------------- pydicom backend
 
 
-def _read_pydicom(path: Path) -> DicomImage:
+def _read_pydicom(path: Path, decode: bool = True) -> DicomImage:
     import pydicom
     from pydicom.uid import UID
 
@@ -224,10 +240,13 @@ def _read_pydicom(path: Path) -> DicomImage:
     native_ok = (
         not ts.is_encapsulated and spp == 1 and bits_allocated in (8, 16, 32) and photometric.startswith("MONO")
     )
+    grey = spp == 1 and photometric != "PALETTE COLOR"
+    dtype = _stored_dtype(bits_allocated, signed) if grey else "float32"
+    arr: np.ndarray | None = None
     if native_ok:
         arr = native_frames(pixel_data, 0, (n, rows, cols), bits_allocated, bits_stored, signed,
                              little_endian=ts.is_little_endian)
-    else:
+    elif decode or not ts.is_encapsulated:
         arr = decode_with_plugins(ds, ts)
         if spp > 1:
             arr = arr.reshape(n, rows, cols, spp)
@@ -238,11 +257,11 @@ def _read_pydicom(path: Path) -> DicomImage:
             arr = luminance(np.asarray(apply_color_lut(arr, ds)).reshape(n, rows, cols, 3))
         else:
             arr = arr.reshape(n, rows, cols)
-    if photometric == "MONOCHROME1":
+    if arr is not None and photometric == "MONOCHROME1":
         arr = invert_monochrome1(arr, bits_stored, signed)
 
     header = _Header(_pydicom_getter(ds), n)
-    return _build_image(path, header, arr, str(ts), "pydicom", notes)
+    return _build_image(path, header, arr, (rows, cols), dtype, str(ts), "pydicom", notes)
 
 
 def _pydicom_getter(ds: Any) -> Getter:
@@ -264,7 +283,7 @@ def _pydicom_getter(ds: Any) -> Getter:
 # ---------------------------------------------------------------------------------------------- dicomsdl backend
 
 
-def _read_dicomsdl(path: Path) -> DicomImage:
+def _read_dicomsdl(path: Path, decode: bool = True) -> DicomImage:
     try:
         import dicomsdl
     except ImportError as exc:
@@ -298,7 +317,7 @@ def _read_dicomsdl(path: Path) -> DicomImage:
     if photometric == "MONOCHROME1":
         arr = invert_monochrome1(arr, bits_stored, bool(info.get("PixelRepresentation")))
     header = _Header(_dicomsdl_getter(ds), n)
-    return _build_image(path, header, arr, ts, "dicomsdl", [])
+    return _build_image(path, header, arr, (rows, cols), arr.dtype.str, ts, "dicomsdl", [])
 
 
 def _dicomsdl_getter(ds: Any) -> Getter:
@@ -312,7 +331,7 @@ def _dicomsdl_getter(ds: Any) -> Getter:
     return get
 
 
-_BACKENDS: dict[str, Callable[[Path], DicomImage]] = {
+_BACKENDS: dict[str, Callable[[Path, bool], DicomImage]] = {
     "fast": _read_fast,
     "pydicom": _read_pydicom,
     "dicomsdl": _read_dicomsdl,
@@ -345,8 +364,8 @@ class _Header:
         return None
 
 
-def _build_image(path: Path, header: _Header, pixels: np.ndarray, ts: str, backend: str,
-                 notes: list[str]) -> DicomImage:
+def _build_image(path: Path, header: _Header, pixels: np.ndarray | None, shape: tuple[int, int], dtype: str,
+                 ts: str, backend: str, notes: list[str]) -> DicomImage:
     n = header.num_frames
     get = header.get
     positions = np.full((n, 3), np.nan)
@@ -368,9 +387,14 @@ def _build_image(path: Path, header: _Header, pixels: np.ndarray, ts: str, backe
     return DicomImage(
         path=str(path),
         sop_instance_uid=str(get("SOPInstanceUID") or path.stem),
+        sop_class_uid=str(get("SOPClassUID") or "").strip(),
         modality=str(get("Modality") or "").strip().upper(),
         instance_number=None if _float(instance) is None else int(_float(instance)),  # type: ignore[arg-type]
+        num_frames=n,
+        rows=int(shape[0]),
+        cols=int(shape[1]),
         pixels=pixels,
+        pixel_dtype=np.dtype(dtype).str if pixels is None else pixels.dtype.str,
         positions=positions,
         orientations=orientations,
         slopes=slopes,
@@ -398,6 +422,11 @@ def _floats(value: Any, size: int) -> np.ndarray:
     except (TypeError, ValueError):
         return np.full(size, np.nan)
     return out if out.shape == (size,) else np.full(size, np.nan)
+
+
+def _stored_dtype(bits_allocated: int, signed: bool) -> str:
+    """The dtype pydicom's decoders give grey stored values of this depth (as `native_frames` does)."""
+    return f"<{'i' if signed else 'u'}{max(1, bits_allocated // 8)}"
 
 
 def _declared_frames(value: Any) -> int:

@@ -1,7 +1,7 @@
 """The kit's exception types: one base error and one subclass per failing stage."""
 from __future__ import annotations
 
-__all__ = ["KitError", "SeriesLoadError", "ManifestError", "ConfigError", "InferenceError"]
+__all__ = ["KitError", "SeriesLoadError", "ManifestError", "ConfigError", "InferenceError", "DeadlineError"]
 
 
 class KitError(Exception):
@@ -22,3 +22,7 @@ class ConfigError(KitError, ValueError):
 
 class InferenceError(KitError):
     """The model ensemble failed on a batch of windows."""
+
+
+class DeadlineError(KitError):
+    """A series ran out of its time budget before any window was scored (the kernel answers the priors)."""

@@ -1,50 +1,61 @@
-"""Kernel entry: start the evaluation server at once, load the fold ensemble in the background, answer each series."""
+"""Kernel entry: the `predict` endpoint Kaggle's server calls, the models loaded in the background, serving at once."""
 from __future__ import annotations
 
+# Every module that a background thread of the kernel uses is imported here, on the main thread, before any thread
+# starts. onnxruntime's extension imports numpy's C core while it loads; when the model-load thread did that while
+# the main thread was half-way through `import numpy` (kaggle_evaluation imports numpy, pandas, polars and grpc
+# right after the thread starts), Python handed one thread the half-built module and the kernel died with
+# "cannot import name '__cpu_features__' from partially initialized module".
 import argparse
-import importlib
 import logging
 import os
+import shutil
 import sys
+import tempfile
 import threading
 import time
+import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = [
-    "COMPETITION_DIR_DEFAULT",
-    "SHARE_DIR_DEFAULT",
-    "ENV",
-    "KernelPaths",
-    "LazyPredictor",
-    "prepare_onnxruntime",
-    "import_kaggle_server",
-    "main",
-]
+import numpy as np
+import onnxruntime
+import polars as pl
+
+from . import ensemble, gateway, load, normalize  # noqa: F401 - imported now, on the main thread (see above)
+from .decode_pool import DecodeLimits, DecodePool
+from .labels import LABELS
+from .predict import UNIFORM_PRIOR, Predictor, SeriesReport, probabilities_frame
+
+__all__ = ["predict", "main", "KernelConfig", "KernelRuntime", "install_runtime", "prepare_onnxruntime",
+           "import_kaggle_server", "ENV", "COMPETITION_DIR_DEFAULT", "RUN_RECORD_NAME"]
 
 log = logging.getLogger(__name__)
 
 COMPETITION_DIR_DEFAULT = "/kaggle/input/rsna-intracranial-aneurysm-detection"
-SHARE_DIR_DEFAULT = "/kaggle/shared"
+RUN_RECORD_NAME = "gateway_run.json"  # what the kit's local gateway did, for `python -m evaluation`
 
 # Environment variables read by the kernel (all optional; Kaggle's defaults apply when unset).
 ENV = {
     "competition_dir": "RSNA_COMPETITION_DIR",  # competition data (kaggle_evaluation/, test.csv, series/)
     "weights_dir": "RSNA_WEIGHTS_DIR",  # manifest.json + ONNX folds; default <bundle>/weights
-    "share_dir": "RSNA_SHARE_DIR",  # where the gateway exposes series; default /kaggle/shared
-    "output_dir": "RSNA_OUTPUT_DIR",  # where our gateway writes submission.parquet; default the working folder
-    "test_csv": "RSNA_TEST_CSV",  # our gateway's test csv; default <competition>/test.csv
-    "series_dir": "RSNA_SERIES_DIR",  # our gateway's series folder; default <competition>/series
-    "labels_csv": "RSNA_LABELS_CSV",  # our gateway scores the submission against these labels when set
-    "seed": "RSNA_GATEWAY_SEED",  # our gateway's visiting order seed; default 0
+    "share_dir": "RSNA_SHARE_DIR",  # the gateway's share folder; default /kaggle/shared on Kaggle, a temp dir off it
+    "output_dir": "RSNA_OUTPUT_DIR",  # where the kit's gateway writes submission.parquet; default the working folder
+    "test_csv": "RSNA_TEST_CSV",  # the test csv; default <competition>/test.csv
+    "series_dir": "RSNA_SERIES_DIR",  # the series folder; default <competition>/series
+    "seed": "RSNA_GATEWAY_SEED",  # the kit's gateway visiting order seed; default time-based, as Kaggle's
     "providers": "RSNA_PROVIDERS",  # comma-separated onnxruntime providers; default CUDA if usable, else CPU
     "folds": "RSNA_FOLDS",  # comma-separated fold ids; default all folds of the manifest
-    "gateway": "RSNA_GATEWAY",  # "auto" (Kaggle's when importable), "kaggle" (required) or "local" (ours)
-    "report": "RSNA_REPORT_PNG",  # our gateway writes its PNG report here when set (needs matplotlib)
+    "gateway": "RSNA_GATEWAY",  # "auto" (Kaggle's when importable), "kaggle" (required) or "local" (the kit's)
+    "budget": "RSNA_CALL_BUDGET_S",  # seconds one series may take before the kernel answers what it has; default 600
+    "decode_workers": "RSNA_DECODE_WORKERS",  # decoding worker processes; default min(4, cores)
+    "decode_timeout": "RSNA_DECODE_TIMEOUT_S",  # seconds a compressed file may take (+ per MB); default 20
+    "decode_memory": "RSNA_DECODE_MEMORY_MB",  # address-space limit of each decoding worker; default 4096
 }
-RERUN_ENV = "KAGGLE_IS_COMPETITION_RERUN"
+RERUN_ENV = gateway.RERUN_ENV
+DEFAULT_BUDGET_S = 600.0  # well under Kaggle's 30 minutes per call
 
 
 def _bundle_root() -> Path:
@@ -52,21 +63,36 @@ def _bundle_root() -> Path:
     return Path(__file__).resolve().parent.parent
 
 
+def _csv_list(value: str | None) -> list[str] | None:
+    items = [v.strip() for v in (value or "").split(",") if v.strip()]
+    return items or None
+
+
 @dataclass(frozen=True)
-class KernelPaths:
-    """Every path the kernel uses, resolved from the environment with Kaggle's defaults."""
+class KernelConfig:
+    """Every setting the kernel uses, resolved from the environment with Kaggle's defaults."""
 
     competition_dir: Path
     weights_dir: Path
-    share_dir: Path
+    share_dir: Path | None  # None: Kaggle's default on Kaggle, a fresh temporary folder off it
     output_dir: Path
     test_csv: Path
     series_dir: Path
-    labels_csv: Path | None
     explicit_test_data: bool  # RSNA_TEST_CSV or RSNA_SERIES_DIR was set
+    gateway: str = "auto"
+    seed: int | None = None
+    providers: tuple[str, ...] | None = None
+    folds: tuple[int, ...] | None = None
+    budget_s: float = DEFAULT_BUDGET_S
+    decode: DecodeLimits = DecodeLimits()
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> KernelPaths:
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> KernelConfig:
+        """Read `ENV` (unset or empty variables take the defaults).
+
+        Raises:
+            ValueError: a value that does not parse (a number that is not one, an unknown gateway mode).
+        """
         env = os.environ if environ is None else environ
 
         def get(key: str) -> str | None:
@@ -74,16 +100,31 @@ class KernelPaths:
             return value or None
 
         competition = Path(get("competition_dir") or COMPETITION_DIR_DEFAULT)
-        labels = get("labels_csv")
+        mode = (get("gateway") or "auto").lower()
+        if mode not in ("auto", "kaggle", "local"):
+            raise ValueError(f"{ENV['gateway']} must be auto, kaggle or local, got {mode!r}")
+        folds = _csv_list(get("folds"))
+        providers = _csv_list(get("providers"))
+        defaults = DecodeLimits()
+        decode = DecodeLimits(
+            workers=int(get("decode_workers")) if get("decode_workers") else None,
+            timeout_s=float(get("decode_timeout") or defaults.timeout_s),
+            memory_mb=int(get("decode_memory") or defaults.memory_mb),
+        )
         return cls(
             competition_dir=competition,
             weights_dir=Path(get("weights_dir") or _bundle_root() / "weights"),
-            share_dir=Path(get("share_dir") or SHARE_DIR_DEFAULT),
+            share_dir=Path(get("share_dir")) if get("share_dir") else None,
             output_dir=Path(get("output_dir") or Path.cwd()),
             test_csv=Path(get("test_csv") or competition / "test.csv"),
             series_dir=Path(get("series_dir") or competition / "series"),
-            labels_csv=Path(labels) if labels else None,
             explicit_test_data=bool(get("test_csv") or get("series_dir")),
+            gateway=mode,
+            seed=int(get("seed")) if get("seed") else None,
+            providers=tuple(providers) if providers else None,
+            folds=tuple(int(f) for f in folds) if folds else None,
+            budget_s=float(get("budget") or DEFAULT_BUDGET_S),
+            decode=decode,
         )
 
 
@@ -93,90 +134,131 @@ def prepare_onnxruntime() -> list[str]:
     onnxruntime-gpu does not ship the CUDA libraries: `onnxruntime.preload_dlls()` (onnxruntime >= 1.21) loads the
     ones pip-installed with torch (nvidia-* wheels), which Kaggle's image has.
     """
-    import onnxruntime as ort
-
-    available = ort.get_available_providers()
-    log.info("onnxruntime %s, providers available: %s", ort.__version__, ", ".join(available))
+    available = onnxruntime.get_available_providers()
+    log.info("onnxruntime %s, providers available: %s", onnxruntime.__version__, ", ".join(available))
     if "CUDAExecutionProvider" not in available:
         log.warning("!!! onnxruntime has no CUDAExecutionProvider (CPU build or no GPU): RUNNING ON CPU !!!")
         return ["CPUExecutionProvider"]
-    preload = getattr(ort, "preload_dlls", None)
+    preload = getattr(onnxruntime, "preload_dlls", None)
     if preload is not None:
         try:
             preload()  # prints each library it cannot load, and does not raise for them
             log.info("onnxruntime.preload_dlls() done (any 'Failed to load' lines above name missing CUDA/cuDNN "
-                     "libraries: onnxruntime-gpu %s must match the image's CUDA major version)", ort.__version__)
+                     "libraries: onnxruntime-gpu %s must match the image's CUDA major version)",
+                     onnxruntime.__version__)
         except Exception as exc:  # a missing library shows up later as a CPU fallback
             log.warning("onnxruntime.preload_dlls() failed (%s); relying on the system's CUDA libraries", exc)
-    else:
-        log.info("onnxruntime %s has no preload_dlls(); relying on the system's CUDA libraries", ort.__version__)
     return ["CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
-class LazyPredictor:
-    """The `predict(series_path)` handed to the server: the Predictor is built, and its models loaded, in the
-    background, so the server starts at once; the first call waits for the load if it is still running.
+class KernelRuntime:
+    """The kernel's side of the evaluation API: the Predictor, its decoding pool, the share-folder cleanup.
 
-    Args:
-        weights_dir: bundle weights folder (manifest.json + ONNX folds).
-        providers: onnxruntime providers (None: decided by `prepare_onnxruntime` in the background).
-        folds: fold ids (None: all).
-        shared_root: the share folder whose consumed series the Predictor deletes.
+    `start()` starts the decoding workers and the model load in the background and returns at once, so the server
+    starts serving within Kaggle's startup limit; the first series waits for the load if it is still running.
     """
 
-    def __init__(self, weights_dir: str | Path, *, providers: Sequence[str] | None = None,
-                 folds: Sequence[int] | None = None, shared_root: str | Path | None = None) -> None:
-        self.weights_dir = Path(weights_dir)
-        self.providers = None if providers is None else list(providers)
-        self.folds = None if folds is None else list(folds)
-        self.shared_root = shared_root
-        self._predictor: Any = None
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
+    def __init__(self, config: KernelConfig, *, providers: Sequence[str] | None = None) -> None:
+        self.config = config
+        self.pool = DecodePool(config.decode)
+        self.predictor = Predictor(config.weights_dir, providers=providers, folds=config.folds,
+                                   decode_pool=self.pool, budget_s=config.budget_s)
+        self.reports: dict[str, SeriesReport] = {}
+        self._loader: threading.Thread | None = None
 
-    def start(self) -> LazyPredictor:
-        """Build the Predictor and load the ensemble in a daemon thread."""
-        self._thread = threading.Thread(target=self._build, name="model-load", daemon=True)
-        self._thread.start()
+    def start(self) -> KernelRuntime:
+        """Start the decoding workers and load the fold ensemble in a daemon thread."""
+        try:
+            self.pool.start()
+        except Exception as exc:  # no pebble/loky: the loader decodes in-process (and says so loudly)
+            log.warning("!!! decoding workers unavailable (%s) !!!", exc)
+        self._loader = threading.Thread(target=self._load, name="model-load", daemon=True)
+        self._loader.start()
         return self
 
-    def _build(self) -> Any:
-        with self._lock:
-            if self._predictor is None:
-                t0 = time.perf_counter()
-                try:
-                    providers = self.providers if self.providers is not None else prepare_onnxruntime()
-                except Exception as exc:
-                    log.warning("!!! cannot prepare onnxruntime (%s): RUNNING ON CPU !!!", exc)
-                    providers = ["CPUExecutionProvider"]
-                from .predict import Predictor
+    def _load(self) -> None:
+        t0 = time.perf_counter()
+        if self.predictor.load():
+            providers = self.predictor.ensemble.providers
+            if "CUDAExecutionProvider" not in providers:
+                log.warning("!!! the fold ensemble runs on %s, not on CUDA: expect CPU speed !!!", providers)
+            log.info("models loaded in %.1f s", time.perf_counter() - t0)
 
-                predictor = Predictor(self.weights_dir, providers=providers, folds=self.folds,
-                                      shared_root=self.shared_root)
-                try:
-                    ensemble = predictor.ensemble
-                    if "CUDAExecutionProvider" not in ensemble.providers:
-                        log.warning("!!! the fold ensemble runs on %s, not on CUDA: expect CPU speed !!!",
-                                    ensemble.providers)
-                    log.info("models loaded in %.1f s", time.perf_counter() - t0)
-                except Exception as exc:  # the Predictor answers the priors for every series and logs why
-                    log.error("!!! the fold ensemble failed to load: %s: %s; every series gets the priors !!!",
-                              type(exc).__name__, exc)
-                self._predictor = predictor
-            return self._predictor
+    def answer(self, series_path: str) -> pl.DataFrame:
+        """The 1-row answer of one series; then the consumed series is removed from the share folder."""
+        try:
+            probs, report = self.predictor.predict_series(series_path)
+            self.reports[report.series_uid] = report
+            return probabilities_frame(probs)
+        finally:
+            self._remove_consumed(series_path)
 
-    @property
-    def last_report(self) -> Any:
-        """The Predictor's report of the last series (slice count and stage times), None before the first."""
-        return getattr(self._predictor, "last_report", None)
+    def _remove_consumed(self, series_path: str) -> None:
+        """Delete a consumed series under the share folder (Kaggle's gateway leaves it: the disk would fill up)."""
+        share = self.config.share_dir or (Path(gateway._KAGGLE_SHARE_DIR) if os.path.exists("/kaggle") else None)
+        try:
+            # absolute, not resolved: the shared series folders hold symlinks to the data, never follow them
+            root = Path(os.path.abspath(share)) if share is not None else None
+            path = Path(os.path.abspath(str(series_path)))
+            if root is None or root not in path.parents or not path.is_dir() or path.is_symlink():
+                return
+            try:
+                shutil.rmtree(path)
+            except PermissionError:  # an unreadable folder: make it ours first
+                os.chmod(path, 0o700)
+                shutil.rmtree(path)
+        except Exception as exc:  # noqa: BLE001 - cleanup never costs the answer
+            log.warning("could not remove consumed series %s: %s", series_path, exc)
 
-    def __call__(self, series_path: str) -> Any:
-        predictor = self._predictor if self._predictor is not None else self._build()
-        return predictor.predict(series_path)
+    def close(self) -> None:
+        self.pool.close()
+
+
+_RUNTIME: KernelRuntime | None = None
+_RUNTIME_LOCK = threading.Lock()
+
+
+def install_runtime(config: KernelConfig | None = None) -> KernelRuntime:
+    """Build and start the runtime `predict` answers with (from the environment when `config` is None)."""
+    global _RUNTIME
+    with _RUNTIME_LOCK:
+        config = config or KernelConfig.from_env()
+        providers = list(config.providers) if config.providers else _safe_providers()
+        _RUNTIME = KernelRuntime(config, providers=providers).start()
+        return _RUNTIME
+
+
+def _safe_providers() -> list[str]:
+    try:
+        return prepare_onnxruntime()
+    except Exception as exc:  # noqa: BLE001
+        log.warning("!!! cannot prepare onnxruntime (%s): RUNNING ON CPU !!!", exc)
+        return ["CPUExecutionProvider"]
+
+
+def predict(series_path: str) -> pl.DataFrame:
+    """The endpoint handed to Kaggle's server: one series folder -> a 1-row frame of the 14 labels. Never raises.
+
+    Kaggle's server registers endpoints by `__name__` and its gateway calls the one named `predict`, from a server
+    thread, once per series. Any exception there fails the whole submission, so every failure ends here as a row
+    of priors (the manifest's, else 0.5) and a log line.
+    """
+    try:
+        runtime = _RUNTIME if _RUNTIME is not None else install_runtime()
+        return runtime.answer(series_path)
+    except Exception as exc:  # noqa: BLE001 - the run must go on
+        log.error("series %s: the kernel failed (%s: %s); returning priors", series_path, type(exc).__name__, exc)
+        priors = getattr(getattr(_RUNTIME, "predictor", None), "priors", None)
+        try:
+            return probabilities_frame(priors if priors is not None else [UNIFORM_PRIOR] * len(LABELS))
+        except Exception:  # noqa: BLE001
+            return probabilities_frame([UNIFORM_PRIOR] * len(LABELS))
 
 
 def import_kaggle_server(competition_dir: str | Path) -> type | None:
     """`kaggle_evaluation.rsna_inference_server.RSNAInferenceServer` from the competition folder, or None."""
+    import importlib
+
     folder = str(Path(competition_dir))
     added = False
     if Path(folder, "kaggle_evaluation").is_dir() and folder not in sys.path:
@@ -185,77 +267,121 @@ def import_kaggle_server(competition_dir: str | Path) -> type | None:
     try:
         module = importlib.import_module("kaggle_evaluation.rsna_inference_server")
         return module.RSNAInferenceServer
-    except Exception as exc:  # ImportError, or a broken package: our own gateway takes over
+    except Exception as exc:  # ImportError, or a broken package: the kit's own gateway takes over
         log.info("kaggle_evaluation is not importable from %s (%s: %s)", folder, type(exc).__name__, exc)
         if added:
             sys.path.remove(folder)
         return None
 
 
-def _csv_list(value: str | None) -> list[str] | None:
-    items = [v.strip() for v in (value or "").split(",") if v.strip()]
-    return items or None
-
-
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m inference.kernel",
         description="The Kaggle kernel entry. Configuration comes from environment variables: "
-                    + ", ".join(f"{v}" for v in ENV.values()) + f", and Kaggle's {RERUN_ENV}.")
+                    + ", ".join(ENV.values()) + f", and Kaggle's {RERUN_ENV}.")
     parser.add_argument("--log-level", default="INFO", help="logging level when logging is not yet configured")
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Start Kaggle's inference server (serve() on the scoring rerun, its local gateway otherwise), or run our
-    own gateway where `kaggle_evaluation` is not available. Returns the exit status."""
+    """Serve the scoring rerun with Kaggle's server, or run a gateway locally (Kaggle's when importable, else the
+    kit's stand-in); returns the exit status."""
     args = _parse_args(argv)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=args.log_level.upper(), stream=sys.stdout,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    paths = KernelPaths.from_env()
-    mode = (os.environ.get(ENV["gateway"]) or "auto").strip().lower()
-    if mode not in ("auto", "kaggle", "local"):
-        log.error("%s must be auto, kaggle or local, got %r", ENV["gateway"], mode)
-        return 2
-    log.info("kernel: inference package %s, weights %s, competition data %s", Path(__file__).resolve().parent,
-             paths.weights_dir, paths.competition_dir)
-    folds = _csv_list(os.environ.get(ENV["folds"]))
-    predict = LazyPredictor(paths.weights_dir, providers=_csv_list(os.environ.get(ENV["providers"])),
-                            folds=[int(f) for f in folds] if folds else None, shared_root=paths.share_dir).start()
-    server_cls = None if mode == "local" else import_kaggle_server(paths.competition_dir)
-    if server_cls is not None:
-        server = server_cls(predict)
-        if os.environ.get(RERUN_ENV):
-            log.info("kernel: competition rerun: serving")
-            server.serve()
-        elif paths.explicit_test_data:
-            server.run_local_gateway(data_paths=(str(paths.test_csv), str(paths.series_dir)))
-        else:
-            log.info("kernel: Kaggle's local gateway with the competition's own test data")
-            server.run_local_gateway()
-        return 0
-    if mode == "kaggle":
-        log.error("%s=kaggle but kaggle_evaluation cannot be imported from %s", ENV["gateway"], paths.competition_dir)
-        return 2
-    if os.environ.get(RERUN_ENV):
-        log.error("%s is set but kaggle_evaluation is missing from %s: cannot serve the scoring run",
-                  RERUN_ENV, paths.competition_dir)
-        return 2
-    from .gateway import GatewayError, run_gateway, write_report
-
-    log.info("kernel: kaggle_evaluation unavailable: running the kit's local gateway on %s", paths.test_csv)
     try:
-        result = run_gateway(predict, test_csv=paths.test_csv, series_dir=paths.series_dir,
-                             share_dir=paths.share_dir, out_dir=paths.output_dir, labels_csv=paths.labels_csv,
-                             seed=int(os.environ.get(ENV["seed"]) or 0))
-    except GatewayError as exc:
-        log.error("kernel: the local gateway stopped the run (Kaggle would fail the submission): %s", exc)
-        return 1
-    report = os.environ.get(ENV["report"])
-    if report:
-        log.info("kernel: report written to %s", write_report(result, report))
-    return 0
+        config = KernelConfig.from_env()
+    except ValueError as exc:
+        log.error("kernel: %s", exc)
+        return 2
+    log.info("kernel: inference package %s, weights %s, competition data %s, budget %.0f s per series",
+             Path(__file__).resolve().parent, config.weights_dir, config.competition_dir, config.budget_s)
+    install_runtime(config)
+    server_cls = None if config.gateway == "local" else import_kaggle_server(config.competition_dir)
+    if server_cls is None and config.gateway == "kaggle":
+        log.error("%s=kaggle but kaggle_evaluation cannot be imported from %s", ENV["gateway"], config.competition_dir)
+        return 2
+    rerun = bool(os.environ.get(RERUN_ENV))
+    if server_cls is None and rerun:
+        log.error("%s is set but kaggle_evaluation is missing from %s: cannot serve the scoring run",
+                  RERUN_ENV, config.competition_dir)
+        return 2
+    server = (server_cls or gateway.LocalInferenceServer)(predict)
+    if rerun:
+        log.info("kernel: competition rerun: serving")
+        server.serve()
+        return 0
+    return _run_local_gateway(server, config, kaggle=server_cls is not None)
+
+
+def _run_local_gateway(server: Any, config: KernelConfig, *, kaggle: bool) -> int:
+    """One local gateway run over the test data; off Kaggle the share folder is always passed (Kaggle's needs it)."""
+    on_kaggle = os.path.exists("/kaggle")
+    share, temporary = config.share_dir, None
+    if share is None and not on_kaggle:
+        temporary = Path(tempfile.mkdtemp(prefix="rsna_shared_"))
+        share = temporary
+    data_paths = None
+    if config.explicit_test_data or not kaggle:  # absolute: the gateway builds predict's path from it
+        data_paths = (str(config.test_csv.absolute()), str(config.series_dir.absolute()))
+    share_arg = None if share is None else str(share)
+    try:
+        if kaggle:
+            log.info("kernel: Kaggle's local gateway on %s", data_paths or "the competition's own test data")
+            server.run_local_gateway(data_paths=data_paths, file_share_dir=share_arg)
+            return 0
+        log.info("kernel: kaggle_evaluation unavailable: the kit's local gateway on %s", config.test_csv)
+        try:
+            run = server.run_local_gateway(data_paths=data_paths, file_share_dir=share_arg, seed=config.seed,
+                                           out_dir=config.output_dir, progress=True)
+        except gateway.GatewayError as exc:
+            log.error("kernel: the local gateway stopped the run (Kaggle would fail the submission): %s", exc)
+            return 1
+        _write_run_record(run, config)
+        return 0
+    finally:
+        if temporary is not None:
+            shutil.rmtree(temporary, ignore_errors=True)
+        if _RUNTIME is not None:
+            _RUNTIME.close()
+
+
+def _write_run_record(run: gateway.GatewayRun, config: KernelConfig) -> Path:
+    """gateway_run.json: the visiting order, each call's time and each series' report, for `python -m evaluation`."""
+    reports = _RUNTIME.reports if _RUNTIME is not None else {}
+    record = {
+        "process_started_at": _process_start_time(),
+        "gateway_started_at": run.started_at,
+        "first_answer_at": run.first_answer_at,
+        "order": run.order,
+        "durations_s": run.durations_s,
+        "files": run.files,
+        "series": {uid: asdict(report) for uid, report in reports.items()},
+        "budget_s": config.budget_s,
+        "submission": str(run.submission_path),
+    }
+    path = config.output_dir / RUN_RECORD_NAME
+    path.write_text(json.dumps(record, indent=1) + "\n")
+    log.info("kernel: run record written to %s", path)
+    return path
+
+
+def _process_start_time() -> float:
+    """Wall-clock time (epoch seconds) at which this process started (now, when /proc cannot tell)."""
+    try:
+        ticks = os.sysconf("SC_CLK_TCK")
+        with open("/proc/self/stat") as handle:
+            stat = handle.read()
+        start_ticks = float(stat.rsplit(")", 1)[1].split()[19])  # field 22, counted after the command name
+        with open("/proc/uptime") as handle:
+            uptime = float(handle.read().split()[0])
+        return time.time() - uptime + start_ticks / ticks
+    except (OSError, ValueError, IndexError):
+        return time.time()
+
+
+_ = np  # numpy is imported above on purpose (the import race), not otherwise used here
 
 
 if __name__ == "__main__":

@@ -1,315 +1,180 @@
 """Load one DICOM series folder into a canonical (slices, rows, cols) float32 Volume."""
 from __future__ import annotations
 
-import atexit
 import logging
-import multiprocessing
-import os
-import shutil
-import threading
+import time
 from collections import Counter
-from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
-from multiprocessing import shared_memory
 from pathlib import Path
 
 import numpy as np
+from pydicom import uid
 
+from .decode_pool import DecodeJob, DecodePool, pool_available, shared_pool
 from .dicom_io import DEFAULT_BACKENDS, DicomFileError, DicomImage, read_dicom
-from .dicom_pixels import prefer_plugins
 from .errors import SeriesLoadError
 from .volume import SliceSource, Volume, canonical_transform
 
-__all__ = ["load_series", "series_files", "shutdown_pool"]
+__all__ = ["load_series", "series_files"]
 
 LOGGER = logging.getLogger(__name__)
 
 _AXIAL = np.array([1.0, 0.0, 0.0, 0.0, 1.0, 0.0])
 _DUPLICATE_MM = 1e-3  # slices closer than this along the normal share one position
-_MIN_POOL_FILES = 8  # fewer compressed files than this decode faster in-process than a pool can start
-# Codecs whose decoding measured faster in worker processes (pydicom's plugins hold the GIL, so threads do not
-# help): JPEG 2000 (about 30 ms per 512x512 slice here) and JPEG-LS (about 4-5 ms with CharLS). Workers write the
-# decoded slices into one shared-memory block, so the parent receives headers, not pixels: pickling a 512x512
-# slice back cost 1.4-2.9 ms, which had eaten the whole gain for JPEG-LS. Uncompressed data (a numpy view, about
-# 0.4 ms per slice) and RLE stay in-process.
-_POOL_SYNTAXES = frozenset({
-    "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81",  # JPEG-LS lossless / near-lossless
-    "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91",  # JPEG 2000 lossless / lossy
-    "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203",  # HTJ2K
+_MIN_IMAGE_SIDE = 64  # frames smaller than this (dose grids, thumbnails) never outvote the image stack
+_IMAGE_MODALITIES = frozenset({"CT", "MR", ""})  # the competition's test files say CT or MR; "" when stripped
+_IMAGE_SOP_CLASSES = frozenset({
+    uid.CTImageStorage, uid.EnhancedCTImageStorage, uid.LegacyConvertedEnhancedCTImageStorage,
+    uid.MRImageStorage, uid.EnhancedMRImageStorage, uid.LegacyConvertedEnhancedMRImageStorage,
+    uid.EnhancedMRColorImageStorage, "",  # "": the tag was stripped
 })
-# GDCM, pydicom's first JPEG 2000 plugin, decodes on about two threads (19.6 ms wall, 33 ms CPU per 512x512 slice
-# here): best in-process, but two such workers oversubscribe two cores. pylibjpeg-openjpeg uses one thread
-# (29.8 ms), so two workers on it finish sooner.
-_WORKER_PLUGINS = {"1.2.840.10008.1.2.4.90": "pylibjpeg", "1.2.840.10008.1.2.4.91": "pylibjpeg"}
-_SHM_ROOT = Path("/dev/shm")  # where POSIX shared memory lives on Linux (a small tmpfs in some containers)
-_SHM_HEADROOM = 1.25
-_POOL: ProcessPoolExecutor | None = None
-_POOL_WORKERS = 0
-_SHARED_BLOCK: shared_memory.SharedMemory | None = None  # parent side, kept (and its pages mapped) across series
-_SHARED_LOCK = threading.RLock()  # numpy views do not pin the mapping: unmapping under one is a segfault
-_WORKER_BLOCK: shared_memory.SharedMemory | None = None  # worker side: the parent's block, attached once
 
 
 def series_files(folder: str | Path) -> list[Path]:
-    """Every *.dcm file directly inside `folder` (not recursive), sorted by name."""
-    return sorted(p for p in Path(folder).iterdir() if p.suffix.lower() == ".dcm" and p.is_file())
+    """Every *.dcm file directly inside `folder` (not recursive), sorted by name.
+
+    Raises:
+        SeriesLoadError: the folder does not exist or cannot be listed (permissions).
+    """
+    folder = Path(folder)
+    try:
+        return sorted(p for p in folder.iterdir() if p.suffix.lower() == ".dcm" and p.is_file())
+    except FileNotFoundError:
+        raise SeriesLoadError(f"series folder {folder} does not exist") from None
+    except NotADirectoryError:
+        raise SeriesLoadError(f"series folder {folder} is not a folder") from None
+    except OSError as exc:  # PermissionError above all
+        raise SeriesLoadError(f"series folder {folder} cannot be listed: {exc.strerror or exc}") from None
 
 
 def load_series(
     folder: str | Path,
     *,
-    workers: int | None = None,
+    pool: DecodePool | None = None,
+    in_process: bool = False,
     backends: Sequence[str] = DEFAULT_BACKENDS,
+    deadline: float | None = None,
 ) -> Volume:
     """Read every *.dcm file in a series folder and return it in canonical orientation.
 
+    Headers are read first, in this process; the frames of the image stack are chosen and ordered from them;
+    then only the files that hold those frames are decoded. Uncompressed frames are numpy views of the mapped
+    files. Compressed ones are decoded in `pool`'s worker processes, where a decoder that crashes, hangs or
+    runs out of memory costs its file only.
+
     Args:
         folder: the series folder; its basename becomes `Volume.series_uid`.
-        workers: processes that decode JPEG 2000 and JPEG-LS series (None: min(4, CPU count); 0 or 1:
-            in-process). pydicom's decoder plugins hold the GIL, so only processes decode in parallel; the pool
-            is started on first use and kept for later series (`shutdown_pool` stops it), and the decoded
-            slices come back through shared memory. Other syntaxes are read in-process (measured faster).
-            As with any multiprocessing program, a script that calls this keeps its actions under
-            `if __name__ == "__main__":` (the workers import the script's `__main__`).
+        pool: the decoding pool (default: the process-wide `inference.decode_pool.shared_pool()`).
+        in_process: decode compressed files in this process instead (a caller that is itself an isolated
+            worker, like the trainer's cache; also the fallback when pebble or loky is missing).
         backends: the file readers tried in turn (see `inference.dicom_io.read_dicom`).
+        deadline: `time.monotonic()` after which files still decoding are given up (they cost themselves).
     Returns:
         A Volume: float32 rescaled pixels (inferior->superior, anterior->posterior, right->left), spacing in mm,
         one SliceSource per stack slice, and notes on whatever was skipped.
     Raises:
-        SeriesLoadError: the folder is missing or holds no usable image; the message lists each file's reason.
+        SeriesLoadError: the folder is missing or unreadable, or holds no usable image; the message lists each
+            file's reason.
     Example:
         >>> volume = load_series("series/1.2.826.0.1.3680043.8.498.1")  # doctest: +SKIP
     """
     folder = Path(folder)
-    if not folder.is_dir():
-        raise SeriesLoadError(f"series folder {folder} does not exist or is not a folder")
     paths = series_files(folder)
     if not paths:
         raise SeriesLoadError(f"series folder {folder} holds no *.dcm file")
-    with _SHARED_LOCK:  # decoded frames may be views of the one shared block until they are copied out
-        return _assemble(folder, paths, workers=_resolve_workers(workers), backends=backends)
-
-
-def _assemble(folder: Path, paths: list[Path], *, workers: int, backends: Sequence[str]) -> Volume:
-    """Read the files, order and orient their frames, and write the canonical float32 volume."""
-    images, failures = _read_all(paths, workers=workers, backends=backends)
-    dropped = [f"skipped {reason}" for _, reason in failures]
-    for _, reason in failures:
-        LOGGER.warning("%s: skipped %s", folder.name, reason)
-    if not images:
-        raise SeriesLoadError(
-            f"series folder {folder}: no usable image in {len(paths)} file(s): " + "; ".join(dropped)
-        )
-    for image in images:
-        dropped.extend(f"{Path(image.path).name}: {note}" for note in image.notes)
-    frames = _FrameTable.build(images)
-    keep, notes = _select_frames(frames)
-    dropped.extend(notes)
-    order, slice_spacing, notes = _order_frames(frames, keep, images)
-    dropped.extend(notes)
-    orientation = _majority_orientation(frames, order)
-    if orientation is None:
-        dropped.append("no ImageOrientationPatient: assumed axial [1, 0, 0, 0, 1, 0]")
-        orientation = _AXIAL
-    transform = canonical_transform(orientation[:3], orientation[3:])
-    pixel_spacing, notes = _pixel_spacing(frames, order)
-    dropped.extend(notes)
-    if slice_spacing is None:
-        slice_spacing, notes = _fallback_slice_spacing(images, frames, order)
-        dropped.extend(notes)
-    rows, cols = frames.shapes[order[0]]
-    stack_shape = (len(order), rows, cols)
-    pixels = _fill_canonical(images, frames, order, transform, stack_shape)
-    for note in dropped:
-        LOGGER.info("%s: %s", folder.name, note)
-    return Volume(
-        pixels=pixels,
-        spacing=transform.spacing((slice_spacing, pixel_spacing[0], pixel_spacing[1])),
-        modality=_modality(images, pixels, folder.name),
-        series_uid=folder.name,
-        sources=[
-            SliceSource(images[frames.image[i]].sop_instance_uid, int(frames.frame[i]), images[frames.image[i]].path)
-            for i in order
-        ],
-        transform=transform,
-        stack_shape=stack_shape,
-        dropped=dropped,
-    )
+    if not in_process and pool_available():
+        LOGGER.warning("!!! compressed files are decoded in-process, without isolation: %s !!!", pool_available())
+        in_process = True
+    images, failures = _read_headers(paths, backends)
+    stack = _choose_stack(images)
+    notes = stack.notes
+    needed = sorted({int(i) for i in stack.frames.image[stack.order]
+                     if images[int(i)].pixels is None})
+    with _decoded(images, needed, pool=None if in_process else (pool or shared_pool()), backends=backends,
+                  deadline=deadline) as lost:
+        if lost:
+            failures.extend(lost)
+            gone = {path for path, _ in lost}
+            # the stack of the files that did decode (files outside the first choice were never decoded)
+            images = [im for im in images if im.path not in gone and im.pixels is not None]
+            stack = _choose_stack(images)
+            notes = stack.notes
+        for path, reason in failures:
+            LOGGER.warning("%s: skipped %s", folder.name, reason)
+        dropped = [f"skipped {reason}" for _, reason in failures]
+        if not images:
+            raise SeriesLoadError(
+                f"series folder {folder}: no usable image in {len(paths)} file(s): " + "; ".join(dropped))
+        return _assemble(folder, images, stack, dropped + notes)
 
 
 # ---------------------------------------------------------------------------------------------------- reading
 
 
-def _resolve_workers(workers: int | None) -> int:
-    if workers is None:
-        return min(4, os.cpu_count() or 1)
-    return max(1, int(workers))
-
-
-def _read_one(path: str, backends: Sequence[str]) -> tuple[DicomImage | None, str]:
-    """Worker-safe read: (image, "") or (None, reason); never raises for a bad file."""
-    try:
-        return read_dicom(path, backends=backends), ""
-    except Exception as exc:  # noqa: BLE001 - one bad file costs that file only
-        return None, str(exc) if isinstance(exc, DicomFileError) else f"{Path(path).name}: {exc}"
-
-
-def _read_all(
-    paths: list[Path], *, workers: int, backends: Sequence[str]
-) -> tuple[list[DicomImage], list[tuple[str, str]]]:
-    """Read the first file in-process; ship the rest to the process pool only for the slow codecs."""
+def _read_headers(paths: list[Path], backends: Sequence[str]) -> tuple[list[DicomImage], list[tuple[str, str]]]:
+    """Every file's header (and its uncompressed frames); a bad file costs itself: (images, [(path, reason)])."""
     images: list[DicomImage] = []
     failures: list[tuple[str, str]] = []
-    names = [str(p) for p in paths]
-    index = 0
-    while index < len(names) and not images:  # the first readable file's transfer syntax picks the strategy
-        image, reason = _read_one(names[index], backends)
-        if image is None:
-            failures.append((names[index], reason))
-        else:
-            images.append(image)
-        index += 1
-    rest = names[index:]
-    results = None
-    # never from inside a worker process: nested pools multiply processes and cannot share the one block
-    in_worker = multiprocessing.parent_process() is not None
-    if (images and workers > 1 and not in_worker and len(rest) >= _MIN_POOL_FILES
-            and images[0].transfer_syntax in _POOL_SYNTAXES):
-        results = _read_in_pool(rest, workers, backends, like=images[0])
-    if results is None:
-        results = [_read_one(path, backends) for path in rest]
-    for path, (image, reason) in zip(rest, results):
-        if image is None:
-            failures.append((path, reason))
-        else:
-            images.append(image)
+    for path in paths:
+        try:
+            images.append(read_dicom(path, backends=backends, decode=False))
+        except Exception as exc:  # noqa: BLE001 - one bad file costs that file only
+            failures.append((str(path), str(exc) if isinstance(exc, DicomFileError) else
+                             f"{path.name}: {type(exc).__name__}: {exc}"))
     return images, failures
 
 
-@dataclass(frozen=True)
-class _SharedSlots:
-    """Where a worker puts a decoded single-frame file: slot `index` of a (files, rows, cols) view of the block."""
+@contextmanager
+def _decoded(images: list[DicomImage], needed: list[int], *, pool: DecodePool | None, backends: Sequence[str],
+             deadline: float | None) -> Iterator[list[tuple[str, str]]]:
+    """Decode the compressed images `needed` (in `pool`'s workers, or in-process when pool is None).
 
-    name: str
-    shape: tuple[int, int, int]
-    dtype: str
-
-
-def _attach_worker_block(name: str) -> shared_memory.SharedMemory:
-    # Attach once and keep the mapping: on these VMs a page fault costs about 4 us, i.e. 0.5 ms per 512x512 slice
-    # written into freshly mapped memory, a tenth of a JPEG-LS decode.
-    global _WORKER_BLOCK
-    if _WORKER_BLOCK is None or _WORKER_BLOCK.name != name:
-        if _WORKER_BLOCK is not None:
-            _WORKER_BLOCK.close()
-        _WORKER_BLOCK = shared_memory.SharedMemory(name=name)
-    return _WORKER_BLOCK
-
-
-def _read_into_slot(path: str, backends: Sequence[str], slots: _SharedSlots, index: int
-                    ) -> tuple[DicomImage | None, str, bool]:
-    """Worker: read one file; a frame that fits the slot goes to shared memory (True), anything else is returned."""
-    image, reason = _read_one(path, backends)
-    if image is None or image.pixels.shape != (1, *slots.shape[1:]) or image.pixels.dtype != np.dtype(slots.dtype):
-        return image, reason, False
-    block = _attach_worker_block(slots.name)
-    np.ndarray(slots.shape, dtype=slots.dtype, buffer=block.buf)[index] = image.pixels[0]
-    image.pixels = image.pixels[:0]  # the frame travels through shared memory; the header goes back pickled
-    return image, reason, True
-
-
-def _shared_block(nbytes: int) -> shared_memory.SharedMemory | None:
-    """The parent's block, grown to `nbytes` when needed; None when /dev/shm cannot hold it."""
-    global _SHARED_BLOCK
-    if _SHARED_BLOCK is not None and _SHARED_BLOCK.size >= nbytes:
-        return _SHARED_BLOCK
-    _release_shared_block()
-    # POSIX shared memory is only reserved when written: a block larger than the tmpfs kills the worker with
-    # SIGBUS halfway through. Ask first, and ship pixels the slow way when it would not fit.
-    if not _shared_block_fits(nbytes):
-        return None
-    _SHARED_BLOCK = shared_memory.SharedMemory(create=True, size=max(1, nbytes))
-    return _SHARED_BLOCK
-
-
-def _shared_block_fits(nbytes: int) -> bool:
-    try:
-        return _SHM_ROOT.is_dir() and shutil.disk_usage(_SHM_ROOT).free >= nbytes * _SHM_HEADROOM
-    except OSError:
-        return False
-
-
-def _release_shared_block() -> None:
-    global _SHARED_BLOCK
-    if _SHARED_BLOCK is not None:
-        block, _SHARED_BLOCK = _SHARED_BLOCK, None
-        try:
-            block.close()
-        except BufferError:  # a view is still alive somewhere: unlinking alone frees the name
-            pass
-        block.unlink()
-
-
-def _read_in_pool(
-    paths: list[str], workers: int, backends: Sequence[str], *, like: DicomImage
-) -> list[tuple[DicomImage | None, str]] | None:
-    """Decode in worker processes; None when the pool cannot run (the caller then reads in-process).
-
-    When the first file is a single frame, every file that decodes to a frame of its shape and dtype comes back
-    as a view of one shared-memory block (valid until the next pooled read; callers hold `_SHARED_LOCK`); others
-    (multi-frame, another size) come back pickled.
+    Yields the files lost on the way [(path, reason)]; inside the block the images' pixels are set (views of
+    the pool's shared block: valid inside the block only).
     """
+    lost: list[tuple[str, str]] = []
+    if not needed:
+        yield lost
+        return
+    if pool is None:
+        for i in needed:
+            image = images[i]
+            if deadline is not None and time.monotonic() > deadline:
+                lost.append((image.path, f"{Path(image.path).name}: not decoded before the call's deadline"))
+                continue
+            try:
+                _accept(image, read_dicom(image.path, backends=backends).pixels)
+            except Exception as exc:  # noqa: BLE001 - one bad file costs that file only
+                lost.append((image.path, str(exc)))
+        yield lost
+        return
+    jobs = [DecodeJob(images[i].path, images[i].num_frames, images[i].rows, images[i].cols, images[i].pixel_dtype)
+            for i in needed]
     try:
-        pool = _get_pool(workers)
-        chunk = max(1, min(8, len(paths) // (4 * workers)))
-        shape = (len(paths), *like.pixels.shape[1:])
-        nbytes = int(np.prod(shape)) * like.pixels.dtype.itemsize
-        block = _shared_block(nbytes) if like.num_frames == 1 else None
-        if block is None:
-            return list(pool.map(_read_one, paths, [tuple(backends)] * len(paths), chunksize=chunk))
-        slots = _SharedSlots(block.name, shape, like.pixels.dtype.str)
-        results = list(pool.map(_read_into_slot, paths, [tuple(backends)] * len(paths), [slots] * len(paths),
-                                range(len(paths)), chunksize=chunk))
-        stack = np.ndarray(shape, dtype=like.pixels.dtype, buffer=block.buf)
-        for index, (image, _, in_slot) in enumerate(results):
-            if in_slot:
-                image.pixels = stack[index:index + 1]
-        return [(image, reason) for image, reason, _ in results]
-    except (BrokenProcessPool, OSError, RuntimeError) as exc:
-        LOGGER.warning("decoding pool failed (%s); decoding in-process", exc)
-        shutdown_pool()
-        return None
+        with pool.decode(jobs, deadline=deadline) as batch:
+            for k, result in batch:
+                image = images[needed[k]]
+                try:
+                    if result.error:
+                        raise SeriesLoadError(result.error)
+                    _accept(image, result.pixels)
+                except SeriesLoadError as exc:
+                    lost.append((image.path, str(exc)))
+            yield lost
+    finally:
+        for i in needed:  # views of the shared block must not outlive the batch
+            images[i].pixels = None
 
 
-def _get_pool(workers: int) -> ProcessPoolExecutor:
-    """The decoding pool, started on first use and kept for later series."""
-    global _POOL, _POOL_WORKERS
-    if _POOL is None or _POOL_WORKERS != workers:
-        shutdown_pool()
-        # forkserver, not fork: on Kaggle this process runs gRPC, onnxruntime and preparation threads, and a
-        # forked child inherits any lock they hold at that instant; a deadlocked worker would hang predict
-        # past the 30-minute limit and fail the whole submission. Workers fork from a clean single-threaded
-        # server that preloads this module; each still imports the caller's __main__ (hence the __main__ guard
-        # that load_series asks of scripts).
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload([__name__])
-        _POOL = ProcessPoolExecutor(workers, mp_context=context, initializer=prefer_plugins,
-                                    initargs=(_WORKER_PLUGINS,))
-        _POOL_WORKERS = workers
-    return _POOL
-
-
-@atexit.register  # a block left in /dev/shm would hold its memory after we exit
-def shutdown_pool() -> None:
-    """Stop the decoding worker processes and free their shared block (else both live until the interpreter exits)."""
-    global _POOL, _POOL_WORKERS
-    with _SHARED_LOCK:
-        if _POOL is not None:
-            _POOL.shutdown(wait=True, cancel_futures=True)
-        _POOL, _POOL_WORKERS = None, 0
-        _release_shared_block()
+def _accept(image: DicomImage, pixels: np.ndarray | None) -> None:
+    """Attach decoded frames to their header, when they are what the header announced."""
+    expected = (image.num_frames, image.rows, image.cols)
+    if pixels is None or pixels.shape != expected:
+        got = None if pixels is None else pixels.shape
+        raise SeriesLoadError(f"{Path(image.path).name}: decoded to shape {got}, its header says {expected}")
+    image.pixels = pixels
 
 
 # ------------------------------------------------------------------------------------------------ frame table
@@ -323,94 +188,165 @@ class _FrameTable:
     frame: np.ndarray  # (N,) frame inside that image
     shapes: list[tuple[int, int]]
     positions: np.ndarray  # (N, 3)
-    orientations: np.ndarray  # (N, 6)
+    orientations: np.ndarray  # (N, 6), NaN where missing or unusable
     slopes: np.ndarray
     intercepts: np.ndarray
     spacing: np.ndarray  # (N, 2)
     instance: np.ndarray  # (N,) InstanceNumber, inf when missing
     name: list[str]
+    image_object: np.ndarray  # (N,) bool: a CT/MR image SOP class and modality (not a dose grid, not a report)
 
     @classmethod
     def build(cls, images: list[DicomImage]) -> _FrameTable:
         counts = [im.num_frames for im in images]
+        empty = not images
         return cls(
-            image=np.repeat(np.arange(len(images)), counts),
-            frame=np.concatenate([np.arange(c) for c in counts]),
-            shapes=[tuple(im.pixels.shape[1:3]) for im in images for _ in range(im.num_frames)],
-            positions=np.concatenate([im.positions for im in images]),
-            orientations=np.concatenate([im.orientations for im in images]),
-            slopes=np.concatenate([im.slopes for im in images]),
-            intercepts=np.concatenate([im.intercepts for im in images]),
-            spacing=np.concatenate([im.pixel_spacing for im in images]),
+            image=np.repeat(np.arange(len(images)), counts).astype(np.int64),
+            frame=np.zeros(0, np.int64) if empty else np.concatenate([np.arange(c) for c in counts]),
+            shapes=[(im.rows, im.cols) for im in images for _ in range(im.num_frames)],
+            positions=np.zeros((0, 3)) if empty else np.concatenate([im.positions for im in images]),
+            orientations=np.zeros((0, 6)) if empty else _usable_orientations(
+                np.concatenate([im.orientations for im in images])),
+            slopes=np.zeros(0) if empty else np.concatenate([im.slopes for im in images]),
+            intercepts=np.zeros(0) if empty else np.concatenate([im.intercepts for im in images]),
+            spacing=np.zeros((0, 2)) if empty else np.concatenate([im.pixel_spacing for im in images]),
             instance=np.repeat(
                 [np.inf if im.instance_number is None else float(im.instance_number) for im in images], counts
             ),
             name=[Path(im.path).name for im in images for _ in range(im.num_frames)],
+            image_object=np.repeat([_is_image_object(im) for im in images], counts).astype(bool),
         )
+
+
+def _is_image_object(image: DicomImage) -> bool:
+    return image.sop_class_uid in _IMAGE_SOP_CLASSES and image.modality in _IMAGE_MODALITIES
+
+
+def _usable_orientations(orientations: np.ndarray) -> np.ndarray:
+    """NaN for orientations that cannot place a slice: zero, non-unit or parallel row and column vectors."""
+    out = np.array(orientations, dtype=np.float64)
+    rows, cols = out[:, :3], out[:, 3:]
+    with np.errstate(invalid="ignore"):
+        unit = (np.abs(np.linalg.norm(rows, axis=1) - 1) < 0.1) & (np.abs(np.linalg.norm(cols, axis=1) - 1) < 0.1)
+        orthogonal = np.abs((rows * cols).sum(axis=1)) < 0.1
+    out[~(np.isfinite(out).all(axis=1) & unit & orthogonal)] = np.nan
+    return out
 
 
 def _normal(orientation: np.ndarray) -> np.ndarray:
     return np.cross(orientation[:3], orientation[3:])
 
 
+@dataclass
+class _Stack:
+    """The frames chosen for the volume, in slice order, and what was learnt choosing them."""
+
+    frames: _FrameTable
+    order: np.ndarray  # frame indices, sorted along the slice normal
+    orientation: np.ndarray | None  # the stack's ImageOrientationPatient, None when no frame has a usable one
+    slice_spacing: float | None  # from positions; None when they cannot tell
+    notes: list[str]
+
+
+def _choose_stack(images: list[DicomImage]) -> _Stack:
+    frames = _FrameTable.build(images)
+    if not images:
+        return _Stack(frames, np.zeros(0, np.int64), None, None, [])
+    keep, notes = _select_frames(frames)
+    order, slice_spacing, orientation, more = _order_frames(frames, keep)
+    return _Stack(frames, order, orientation, slice_spacing, notes + more)
+
+
 def _select_frames(frames: _FrameTable) -> tuple[np.ndarray, list[str]]:
-    """Keep the majority image size, then the majority orientation; say what was left out."""
+    """CT/MR image frames first, then the majority image size, then the majority orientation.
+
+    Frames of non-image objects (dose grids, other SOP classes or modalities) and tiny frames are used only when
+    nothing else is there. A frame without a usable orientation stays when its size fits the stack (it is
+    placed by its position along the stack's normal).
+    """
     notes: list[str] = []
-    sizes = Counter(frames.shapes)
+    large = np.array([min(shape) >= _MIN_IMAGE_SIDE for shape in frames.shapes], dtype=bool)
+    # the first non-empty tier wins: CT/MR image objects of a plausible size, any CT/MR image object, any frame
+    # of a plausible size, every frame
+    for keep in (frames.image_object & large, frames.image_object, large, np.ones_like(large)):
+        if keep.any():
+            break
+    if not keep.all():
+        notes.append(f"dropped {int((~keep).sum())} frames of non-image objects (another SOP class or modality) "
+                     f"or under {_MIN_IMAGE_SIDE} pixels")
+    sizes = Counter(s for s, k in zip(frames.shapes, keep) if k)
     size = max(sizes, key=lambda s: (sizes[s], s[0] * s[1]))
-    keep = np.array([s == size for s in frames.shapes])
-    if len(sizes) > 1:
+    fits = np.array([s == size for s in frames.shapes]) & keep
+    if (keep & ~fits).any():
         other = ", ".join(f"{n} of {r}x{c}" for (r, c), n in sizes.items() if (r, c) != size)
-        notes.append(f"kept {int(keep.sum())} frames of the majority size {size[0]}x{size[1]}; dropped {other}")
+        notes.append(f"kept {int(fits.sum())} frames of the majority size {size[0]}x{size[1]}; dropped {other}")
+    keep = fits
     known = keep & np.isfinite(frames.orientations).all(axis=1)
+    unknown = keep & ~known
     if known.any():
         rounded = [tuple(np.round(o, 2)) for o in frames.orientations[known]]
         majority = np.array(Counter(rounded).most_common(1)[0][0])
-        close = np.abs(frames.orientations - majority).max(axis=1) < 0.02
-        same = keep & close
-        if (keep & ~same).any():
-            notes.append(f"dropped {int((keep & ~same).sum())} frames with another orientation (scout/localizer)")
-        keep = same
+        close = known & (np.abs(frames.orientations - majority).max(axis=1) < 0.02)
+        if (known & ~close).any():
+            notes.append(f"dropped {int((known & ~close).sum())} frames with another orientation (scout/localizer)")
+        placeable = unknown & np.isfinite(frames.positions).all(axis=1)
+        if (unknown & ~placeable).any():
+            notes.append(f"dropped {int((unknown & ~placeable).sum())} frames with neither a usable "
+                         "ImageOrientationPatient nor ImagePositionPatient")
+        if placeable.any():
+            notes.append(f"{int(placeable.sum())} frames without a usable ImageOrientationPatient placed by "
+                         "their position along the stack's normal")
+        keep = close | placeable
     return np.flatnonzero(keep), notes
 
 
-def _order_frames(
-    frames: _FrameTable, keep: np.ndarray, images: list[DicomImage]
-) -> tuple[np.ndarray, float | None, list[str]]:
+def _order_frames(frames: _FrameTable, keep: np.ndarray
+                  ) -> tuple[np.ndarray, float | None, np.ndarray | None, list[str]]:
     """Sort along the slice normal (fallback InstanceNumber, file name, frame); drop duplicate positions.
 
+    Positions that do not separate the slices (all equal, or more than half the frames sharing positions)
+    are not trusted: the frames keep the InstanceNumber order and none is dropped.
+
     Returns the sorted frame indices, the median slice spacing from positions (None when positions are
-    unusable) and notes.
+    unusable), the stack's orientation (None when unknown) and notes.
     """
     notes: list[str] = []
     names = np.array([frames.name[i] for i in keep])
     tie = np.lexsort((frames.frame[keep], names, frames.instance[keep]))  # InstanceNumber, name, frame
     fallback = keep[tie]
-    positions = frames.positions[fallback]
-    orientation = frames.orientations[fallback[0]]
+    known = [i for i in fallback if np.isfinite(frames.orientations[i]).all()]
+    orientation = _majority_orientation(frames, known)
     if len(fallback) == 1:
-        return fallback, None, notes
-    if not (np.isfinite(positions).all() and np.isfinite(orientation).all()):
-        notes.append("slices ordered by InstanceNumber, then file name (ImagePositionPatient missing)")
-        return fallback, None, notes
+        return fallback, None, orientation, notes
+    positions = frames.positions[fallback]
+    if orientation is None or not np.isfinite(positions).all():
+        notes.append("slices ordered by InstanceNumber, then file name (ImagePositionPatient or "
+                     "ImageOrientationPatient missing)")
+        return fallback, None, orientation, notes
     distance = positions @ _normal(orientation)
     by_distance = np.argsort(distance, kind="stable")  # ties keep the InstanceNumber order
-    order = fallback[by_distance]
     sorted_distance = distance[by_distance]
     first = np.concatenate([[True], np.diff(sorted_distance) > _DUPLICATE_MM])
+    distinct = int(first.sum())
+    if distinct < max(2, len(fallback) / 2):
+        notes.append(f"ImagePositionPatient gives {distinct} distinct positions for {len(fallback)} frames: "
+                     "slices ordered by InstanceNumber, then file name")
+        return fallback, None, orientation, notes
+    order = fallback[by_distance]
     if not first.all():
-        n_dup = int((~first).sum())
-        notes.append(f"dropped {n_dup} frames at duplicate positions (kept the lowest InstanceNumber)")
+        notes.append(f"dropped {int((~first).sum())} frames at duplicate positions (kept the lowest InstanceNumber)")
         order = order[first]
         sorted_distance = sorted_distance[first]
-    if len(order) < 2:
-        return order, None, notes
-    return order, float(np.median(np.diff(sorted_distance))), notes
+    return order, float(np.median(np.diff(sorted_distance))), orientation, notes
 
 
-def _majority_orientation(frames: _FrameTable, order: np.ndarray) -> np.ndarray | None:
-    known = [frames.orientations[i] for i in order if np.isfinite(frames.orientations[i]).all()]
-    return known[0] if known else None
+def _majority_orientation(frames: _FrameTable, indices: Sequence[int]) -> np.ndarray | None:
+    """The most common orientation (rounded to 0.01) among these frames, as the first frame that has it."""
+    if not len(indices):
+        return None
+    rounded = [tuple(np.round(frames.orientations[i], 2)) for i in indices]
+    majority = Counter(rounded).most_common(1)[0][0]
+    return frames.orientations[indices[rounded.index(majority)]]
 
 
 def _pixel_spacing(frames: _FrameTable, order: np.ndarray) -> tuple[tuple[float, float], list[str]]:
@@ -434,6 +370,43 @@ def _fallback_slice_spacing(
 
 
 # ---------------------------------------------------------------------------------------------------- pixels
+
+
+def _assemble(folder: Path, images: list[DicomImage], stack: _Stack, dropped: list[str]) -> Volume:
+    """Orient the chosen frames and write the canonical float32 volume."""
+    frames, order = stack.frames, stack.order
+    for image in images:
+        dropped.extend(f"{Path(image.path).name}: {note}" for note in image.notes)
+    orientation = stack.orientation
+    if orientation is None:
+        dropped.append("no usable ImageOrientationPatient: assumed axial [1, 0, 0, 0, 1, 0]")
+        orientation = _AXIAL
+    transform = canonical_transform(orientation[:3], orientation[3:])
+    pixel_spacing, notes = _pixel_spacing(frames, order)
+    dropped.extend(notes)
+    slice_spacing = stack.slice_spacing
+    if slice_spacing is None:
+        slice_spacing, notes = _fallback_slice_spacing(images, frames, order)
+        dropped.extend(notes)
+    rows, cols = frames.shapes[order[0]]
+    stack_shape = (len(order), rows, cols)
+    pixels = _fill_canonical(images, frames, order, transform, stack_shape)
+    for note in dropped:
+        LOGGER.info("%s: %s", folder.name, note)
+    used = [images[i] for i in dict.fromkeys(frames.image[order].tolist())]
+    return Volume(
+        pixels=pixels,
+        spacing=transform.spacing((slice_spacing, pixel_spacing[0], pixel_spacing[1])),
+        modality=_modality(used, pixels, folder.name),
+        series_uid=folder.name,
+        sources=[
+            SliceSource(images[frames.image[i]].sop_instance_uid, int(frames.frame[i]), images[frames.image[i]].path)
+            for i in order
+        ],
+        transform=transform,
+        stack_shape=stack_shape,
+        dropped=dropped,
+    )
 
 
 def _fill_canonical(images, frames: _FrameTable, order: np.ndarray, transform, stack_shape) -> np.ndarray:

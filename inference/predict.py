@@ -1,9 +1,7 @@
-"""Predictor: one series folder -> a 1-row frame of 14 probabilities for the evaluation API; never raises."""
+"""Predictor: one series folder -> 14 probabilities with the bundle's fold ensemble, within a time budget; never raises."""
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -14,22 +12,22 @@ import numpy as np
 import polars as pl
 
 from .aggregate import aggregate_windows
+from .decode_pool import DecodePool
 from .ensemble import FoldEnsemble, load_ensemble
-from .errors import KitError, ManifestError
+from .errors import DeadlineError, KitError, ManifestError
 from .labels import LABELS
+from .load import load_series
 from .manifest import Manifest
 from .normalize import SlicePlan, plan_slices, prepare_slices, preprocess_volume
 from .volume import Volume
-from .windows import build_batch, iter_window_batches, window_indices
+from .windows import iter_window_batches
 
-__all__ = ["Predictor", "SeriesReport", "make_predict", "probabilities_frame", "UNIFORM_PRIOR",
-           "SHARED_ROOT_ENV", "DEFAULT_SHARED_ROOT"]
+__all__ = ["Predictor", "SeriesReport", "probabilities_frame", "UNIFORM_PRIOR", "WATCHDOG_GRACE_S"]
 
 log = logging.getLogger(__name__)
 
 UNIFORM_PRIOR = 0.5  # every label's fallback when even the manifest (and its priors) cannot be read
-SHARED_ROOT_ENV = "RSNA_SHARE_DIR"  # the same variable the kernel entry reads
-DEFAULT_SHARED_ROOT = "/kaggle/shared"
+WATCHDOG_GRACE_S = 60.0  # past budget + this, the call answers without waiting for work stuck in native code
 
 
 def probabilities_frame(probs: Sequence[float]) -> pl.DataFrame:
@@ -38,33 +36,36 @@ def probabilities_frame(probs: Sequence[float]) -> pl.DataFrame:
     return pl.DataFrame([values], schema={name: pl.Float64 for name in LABELS}, orient="row")
 
 
-def _default_loader(folder: str) -> Volume:
-    from .load import load_series  # the loader module; imported on first use so a broken import costs one series
-
-    return load_series(folder)
-
-
 @dataclass
 class SeriesReport:
-    """What one `predict_probabilities` call did and how long each stage took (seconds)."""
+    """What one series cost and how it was answered.
+
+    `answer` is "model" (every window scored), "partial" (the budget ran out: the windows scored so far) or
+    "priors" (nothing could be scored: `error` says why).
+    """
 
     series_uid: str
     slices: int = 0
     modality: str = ""
-    windows: int = 0
+    windows: int = 0  # windows scored
+    windows_total: int = 0  # windows the series has
     load_s: float = 0.0
     preprocess_s: float = 0.0
     infer_s: float = 0.0
     aggregate_s: float = 0.0
     total_s: float = 0.0
     overlapped: bool = False  # preprocessing ran in a thread under the model's work (infer_s includes it)
+    answer: str = "priors"
     error: str = ""
 
     def line(self) -> str:
         how = " (overlapped with infer)" if self.overlapped else ""
-        return (f"series {self.series_uid}: {self.slices} slices {self.modality}, {self.windows} windows | "
+        scored = f"{self.windows} windows" if self.windows == self.windows_total else \
+            f"{self.windows} of {self.windows_total} windows"
+        text = (f"series {self.series_uid}: {self.slices} slices {self.modality}, {scored} | "
                 f"load {self.load_s:.3f}s preprocess {self.preprocess_s:.3f}s{how} infer {self.infer_s:.3f}s "
-                f"aggregate {self.aggregate_s:.4f}s | total {self.total_s:.3f}s")
+                f"aggregate {self.aggregate_s:.4f}s | total {self.total_s:.3f}s | answer: {self.answer}")
+        return text + (f" ({self.error})" if self.error else "")
 
 
 class _SliceStream:
@@ -123,35 +124,39 @@ class Predictor:
     """Series folder -> 14 probabilities with the bundle's fold ensemble.
 
     Construction is cheap: it reads the small manifest (for the priors) and nothing else; the ONNX sessions are
-    built on the first series.
+    built on the first series (or by `load()`).
 
     Args:
         bundle_dir: folder with manifest.json and the fold ONNX files.
         providers: onnxruntime providers (default: CUDA first when available, else CPU).
         folds: fold ids to use (default all).
-        shared_root: folder whose consumed series are deleted after prediction (Kaggle's `/kaggle/shared`);
-            default: $RSNA_SHARE_DIR, else /kaggle/shared. Nothing is deleted when that folder does not exist
-            or the series is not inside it.
-        loader: series folder -> Volume (default `inference.load.load_series`).
+        loader: series folder -> Volume (default `inference.load.load_series` with `decode_pool`).
         threads: onnxruntime intra-op threads (default: the cores available).
+        decode_pool: the pool that decodes compressed files (default: the loader's process-wide pool).
+        budget_s: seconds one `predict_series` call may take (None: no limit). Past it the answer comes from the
+            windows scored so far, else the priors; work stuck in native code is abandoned after
+            `watchdog_grace_s` more.
     Example:
-        >>> predictor = Predictor("weights")
+        >>> predictor = Predictor("weights", budget_s=600)
         >>> frame = predictor.predict("/kaggle/shared/series/1.2.3")  # 1 row, 14 Float64 columns
     """
 
     def __init__(self, bundle_dir: str | Path, *, providers: Sequence[str] | None = None,
-                 folds: Sequence[int] | None = None, shared_root: str | Path | None = None,
-                 loader: Callable[[str], Volume] | None = None, threads: int | None = None) -> None:
+                 folds: Sequence[int] | None = None, loader: Callable[[str], Volume] | None = None,
+                 threads: int | None = None, decode_pool: DecodePool | None = None,
+                 budget_s: float | None = None, watchdog_grace_s: float = WATCHDOG_GRACE_S) -> None:
         self.bundle_dir = Path(bundle_dir)
         self.providers = None if providers is None else list(providers)
         self.folds = None if folds is None else list(folds)
-        root = shared_root if shared_root is not None else os.environ.get(SHARED_ROOT_ENV, DEFAULT_SHARED_ROOT)
-        self.shared_root = Path(root)
-        self.loader = loader or _default_loader
+        self.loader = loader
         self.threads = threads
-        self.last_report: SeriesReport | None = None
+        self.decode_pool = decode_pool
+        self.budget_s = budget_s
+        self.watchdog_grace_s = watchdog_grace_s
         self._ensemble: FoldEnsemble | None = None
         self._ensemble_error: Exception | None = None
+        self._ensemble_lock = threading.Lock()
+        self._stuck: list[threading.Thread] = []
         self.manifest: Manifest | None = None
         self.priors = np.full(len(LABELS), UNIFORM_PRIOR)
         try:
@@ -167,120 +172,150 @@ class Predictor:
     @property
     def ensemble(self) -> FoldEnsemble:
         """The fold sessions, built on first use; a failed build is remembered and raised again at once."""
-        if self._ensemble is None:
-            if self._ensemble_error is not None:  # a fresh error each time: no traceback piling up per series
-                err = self._ensemble_error
-                raise ManifestError(f"the fold ensemble failed to load earlier: {type(err).__name__}: {err}")
-            if self.manifest is None:
-                self._ensemble_error = ManifestError(f"no readable weights manifest in {self.bundle_dir}")
-                raise self._ensemble_error
-            try:
-                self._ensemble = load_ensemble(self.bundle_dir, providers=self.providers, folds=self.folds,
-                                               manifest=self.manifest, threads=self.threads)
-            except Exception as exc:
-                self._ensemble_error = exc
-                raise
-        return self._ensemble
+        with self._ensemble_lock:
+            if self._ensemble is None:
+                if self._ensemble_error is not None:  # a fresh error each time: no traceback piling up per series
+                    err = self._ensemble_error
+                    raise ManifestError(f"the fold ensemble failed to load earlier: {type(err).__name__}: {err}")
+                if self.manifest is None:
+                    self._ensemble_error = ManifestError(f"no readable weights manifest in {self.bundle_dir}")
+                    raise self._ensemble_error
+                try:
+                    self._ensemble = load_ensemble(self.bundle_dir, providers=self.providers, folds=self.folds,
+                                                   manifest=self.manifest, threads=self.threads)
+                except Exception as exc:
+                    self._ensemble_error = exc
+                    raise
+            return self._ensemble
 
-    def predict_probabilities(self, series_path: str | Path) -> np.ndarray:
-        """The series' 14 probabilities; raises on any failure (`predict` is the never-raising wrapper).
+    def load(self) -> bool:
+        """Build the fold sessions now; False (logged) when they cannot be built: every series gets the priors."""
+        try:
+            self.ensemble
+            return True
+        except Exception as exc:
+            log.error("!!! the fold ensemble failed to load: %s: %s; every series gets the priors !!!",
+                      type(exc).__name__, exc)
+            return False
 
+    # --- one series ---------------------------------------------------------------------------------------
+    def predict_probabilities(self, series_path: str | Path, *, deadline: float | None = None,
+                              report: SeriesReport | None = None) -> np.ndarray:
+        """The series' 14 probabilities; raises on any failure (`predict_series` is the never-raising wrapper).
+
+        Args:
+            series_path: the series folder.
+            deadline: `time.monotonic()` past which no new batch of windows starts: the answer then comes from
+                the windows scored so far (report.answer "partial").
+            report: filled with what the call did (a fresh one when None).
         Raises:
-            SeriesLoadError, ManifestError, InferenceError, ConfigError, or whatever the failure was.
+            SeriesLoadError, ManifestError, InferenceError, ConfigError, DeadlineError (the deadline passed
+            before any window was scored), or whatever the failure was.
         """
         series_path = str(series_path)
-        report = SeriesReport(series_uid=Path(series_path).name)
-        self.last_report = report
+        report = report if report is not None else SeriesReport(series_uid=Path(series_path).name)
         start = time.perf_counter()
         ensemble = self.ensemble
         manifest = ensemble.manifest
         t0 = time.perf_counter()
-        volume = self.loader(series_path)
+        if self.loader is not None:
+            volume = self.loader(series_path)
+        else:
+            volume = load_series(series_path, pool=self.decode_pool, deadline=deadline)
         t1 = time.perf_counter()
         report.load_s, report.slices, report.modality = t1 - t0, volume.num_slices, volume.modality
-        if manifest.preprocess.slice_spacing_mm is None:
-            window_probs = self._infer_streamed(ensemble, volume, report)
+        _check_deadline(deadline, "after loading the series")
+        stream = None
+        if manifest.preprocess.slice_spacing_mm is None:  # prepare slices in a thread under the model's work
+            stream = _SliceStream(volume.pixels, plan_slices(volume, manifest.preprocess))
+            stack, ready = stream.stack, stream.wait
+            report.overlapped = True
         else:  # resampling the slice axis needs every slice first
-            prepared = preprocess_volume(volume, manifest.preprocess)
+            stack, ready = preprocess_volume(volume, manifest.preprocess).pixels, None
             report.preprocess_s = time.perf_counter() - t1
-            window_probs = np.concatenate(
-                [ensemble.predict_windows(batch.inputs) for batch in
-                 iter_window_batches(prepared.pixels, manifest.windows, dtype=ensemble.input_dtype)], axis=0)
+        try:
+            report.windows_total = len(range(0, stack.shape[0], manifest.windows.stride))
+            parts = []
+            for batch in iter_window_batches(stack, manifest.windows, dtype=ensemble.input_dtype, ready=ready):
+                if deadline is not None and time.monotonic() > deadline:
+                    break
+                parts.append(ensemble.predict_windows(batch.inputs))
+        finally:
+            if stream is not None:
+                stream.close()
+                report.preprocess_s = stream.busy_s
         del volume  # the float32 volume is the largest array of the run
+        if not parts:
+            raise DeadlineError(f"series {report.series_uid}: the time budget ran out before any window was scored")
+        window_probs = np.concatenate(parts, axis=0)
         t3 = time.perf_counter()
         report.windows = int(window_probs.shape[0])
         report.infer_s = t3 - t1 if report.overlapped else t3 - t1 - report.preprocess_s
         probs = aggregate_windows(window_probs, manifest.aggregation)
         t4 = time.perf_counter()
         report.aggregate_s, report.total_s = t4 - t3, t4 - start
-        log.info(report.line())
+        report.answer = "model" if report.windows == report.windows_total else "partial"
         return probs
 
-    @staticmethod
-    def _infer_streamed(ensemble: FoldEnsemble, volume: Volume, report: SeriesReport) -> np.ndarray:
-        """Window probabilities (N, 14), the model starting as soon as a batch's slices are prepared."""
-        manifest = ensemble.manifest
-        windows = manifest.windows
-        stream = _SliceStream(volume.pixels, plan_slices(volume, manifest.preprocess))
-        report.overlapped = True
+    def predict_series(self, series_path: str | Path) -> tuple[np.ndarray, SeriesReport]:
+        """The series' 14 probabilities and its report; the priors when anything fails or the budget runs out.
+
+        Never raises. With `budget_s`, the work runs in a thread that the call leaves behind (logged) when it is
+        still stuck `watchdog_grace_s` after the budget: native code that ignores the deadline cannot hold the call.
+        """
+        start = time.monotonic()
+        report = SeriesReport(series_uid=Path(str(series_path)).name)
+        self._stuck = [t for t in self._stuck if t.is_alive()]
+        if self._stuck:
+            log.warning("%d earlier series still run in the background (stuck in native code)", len(self._stuck))
+        if self.budget_s is None:
+            probs = self._answer(series_path, None, report)
+        else:
+            deadline = start + self.budget_s
+            result: list[np.ndarray] = []
+            worker = threading.Thread(target=lambda: result.append(self._answer(series_path, deadline, report)),
+                                      name=f"series-{report.series_uid[-12:]}", daemon=True)
+            worker.start()
+            worker.join(self.budget_s + self.watchdog_grace_s)
+            if result:
+                probs = result[0]
+            else:
+                self._stuck.append(worker)
+                report.answer, report.error = "priors", (
+                    f"no answer {self.budget_s + self.watchdog_grace_s:.0f} s into the call (budget {self.budget_s:.0f} s);"
+                    " the work was left running in the background")
+                log.error("series %s: %s; returning priors", report.series_uid, report.error)
+                probs = self.priors
+        report.total_s = time.monotonic() - start
+        if report.answer == "partial":
+            log.warning("series %s: the %.0f s budget ran out: answered from %d of %d windows",
+                        report.series_uid, self.budget_s or 0.0, report.windows, report.windows_total)
+        log.info(report.line())
+        return probs, report
+
+    def _answer(self, series_path: str | Path, deadline: float | None, report: SeriesReport) -> np.ndarray:
         try:
-            indices = window_indices(volume.num_slices, windows.offsets, stride=windows.stride)
-            parts = []
-            for start in range(0, len(indices), windows.batch_size):
-                batch_indices = indices[start:start + windows.batch_size]
-                stream.wait(int(batch_indices.max()) + 1)
-                batch = build_batch(stream.stack, batch_indices, scale=windows.scale, dtype=ensemble.input_dtype)
-                parts.append(ensemble.predict_windows(batch))
-        finally:
-            stream.close()
-            report.preprocess_s = stream.busy_s
-        return np.concatenate(parts, axis=0)
+            return self.predict_probabilities(series_path, deadline=deadline, report=report)
+        except Exception as exc:  # the run must go on: any failure costs this series only
+            kind = "" if isinstance(exc, KitError) else " (unexpected)"
+            report.answer, report.error = "priors", f"{type(exc).__name__}{kind}: {exc}"
+            log.error("series %s: prediction failed%s: %s: %s; returning priors", report.series_uid, kind,
+                      type(exc).__name__, exc)
+            return self.priors
 
     def predict(self, series_path: str | Path) -> pl.DataFrame:
         """1-row polars frame, 14 Float64 columns (`LABELS`); the priors when anything fails. Never raises."""
-        start = time.perf_counter()
         try:
-            try:
-                probs = self.predict_probabilities(series_path)
-            except Exception as exc:  # the run must go on: any failure costs this series only
-                elapsed = time.perf_counter() - start
-                kind = "" if isinstance(exc, KitError) else " (unexpected)"
-                log.error("series %s: prediction failed after %.3fs%s: %s: %s; returning priors",
-                          Path(str(series_path)).name, elapsed, kind, type(exc).__name__, exc)
-                if self.last_report is not None:
-                    self.last_report.error = f"{type(exc).__name__}: {exc}"
-                probs = self.priors
+            probs, _ = self.predict_series(series_path)
             return probabilities_frame(probs)
         except Exception as exc:  # building the frame itself failed: last resort, still a valid answer
             log.error("series %s: could not build the answer frame (%s); returning the uniform prior",
                       series_path, exc)
             return probabilities_frame([UNIFORM_PRIOR] * len(LABELS))
-        finally:
-            self._remove_consumed(series_path)
 
     __call__ = predict
 
-    def _remove_consumed(self, series_path: str | Path) -> None:
-        """On Kaggle, delete a consumed series under the shared folder so the disk does not fill up."""
-        try:
-            # absolute, not resolved: the gateway's series folders hold symlinks to the data, never follow them
-            root = Path(os.path.abspath(self.shared_root))
-            if not root.is_dir():
-                return
-            path = Path(os.path.abspath(str(series_path)))
-            if root not in path.parents:
-                return
-            if path.is_symlink() or path.is_file():
-                path.unlink(missing_ok=True)
-            elif path.is_dir():
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                return
-            log.debug("removed consumed series %s", path)
-        except Exception as exc:
-            log.warning("could not remove consumed series %s: %s", series_path, exc)
 
-
-def make_predict(bundle_dir: str | Path, **kwargs) -> Callable[[str], pl.DataFrame]:
-    """`Predictor(bundle_dir, **kwargs).predict`: the function handed to the evaluation server."""
-    return Predictor(bundle_dir, **kwargs).predict
+def _check_deadline(deadline: float | None, when: str) -> None:
+    if deadline is not None and time.monotonic() > deadline:
+        raise DeadlineError(f"the time budget ran out {when}")

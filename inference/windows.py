@@ -1,7 +1,7 @@
 """2.5D windows: index arrays of neighbouring slices into one uint8 stack, batched and scaled for the model."""
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -70,8 +70,18 @@ def build_batch(stack_u8: np.ndarray, indices: np.ndarray, *, scale: float, dtyp
 
 
 def iter_window_batches(stack_u8: np.ndarray, cfg: WindowConfig, *, dtype=np.float32,
-                        batch_size: int | None = None) -> Iterator[WindowBatch]:
-    """Yield the windows of `stack_u8` in batches of `batch_size` (default cfg.batch_size), in slice order."""
+                        batch_size: int | None = None,
+                        ready: Callable[[int], None] | None = None) -> Iterator[WindowBatch]:
+    """Yield the windows of `stack_u8` in batches of `batch_size` (default cfg.batch_size), in slice order.
+
+    Args:
+        stack_u8: the prepared (Z, S, S) stack (it may still be filling, see `ready`).
+        cfg: offsets, stride, scale and batch size.
+        dtype: the model input's dtype.
+        batch_size: overrides cfg.batch_size.
+        ready: called with n before a batch is gathered, and returns once slices [0, n) of the stack are
+            prepared: the kernel runs the model on the first windows while later slices are still being prepared.
+    """
     size = cfg.batch_size if batch_size is None else batch_size
     if size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {size}")
@@ -79,5 +89,7 @@ def iter_window_batches(stack_u8: np.ndarray, cfg: WindowConfig, *, dtype=np.flo
     centres = window_centres(stack_u8.shape[0], stride=cfg.stride)
     for start in range(0, len(indices), size):
         part = slice(start, start + size)
+        if ready is not None:
+            ready(int(indices[part].max()) + 1)
         yield WindowBatch(centres=centres[part],
                           inputs=build_batch(stack_u8, indices[part], scale=cfg.scale, dtype=dtype))

@@ -48,9 +48,7 @@ def _kernel_env(out: Path, data: Path) -> dict[str, str]:
         "RSNA_COMPETITION_DIR": str(data),  # no kaggle_evaluation there: the kit's own gateway runs
         "RSNA_TEST_CSV": str(data / "test" / "test.csv"),
         "RSNA_SERIES_DIR": str(data / "test" / "series"),
-        "RSNA_LABELS_CSV": str(data / "test" / "test_labels.csv"),
-        "RSNA_SHARE_DIR": str(out / "kaggle" / "shared"),
-        "RSNA_REPORT_PNG": str(out / "report.png"),
+        "RSNA_GATEWAY_SEED": "0",
     })
     return env
 
@@ -139,7 +137,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     script = out / "dist" / "kernel" / f"{KERNEL_SLUG}.py"
     times["bundled kernel"] = _run([py, script], cwd=working, env=_kernel_env(out, data))
 
-    _banner(5, steps, "result", started)
+    _banner(5, steps, "score the submission and project the run time", started)
+    times["score"] = _run([py, "-m", "evaluation", "--run", working / "gateway_run.json",
+                           "--labels", data / "test" / "test_labels.csv", "--report", out / "report.png"])
     summary = json.loads((working / "gateway_summary.json").read_text())
     timing, score = summary["timing"], summary.get("score")
     total = time.perf_counter() - started

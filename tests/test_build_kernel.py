@@ -24,6 +24,7 @@ from inference.labels import COMPETITION_SLUG, ID_COLUMN, LABELS
 from inference.manifest import Manifest, sha256_file
 from inference.predict import Predictor
 
+from tests.kernel_env import clean_kernel_env
 from tests.onnx_models import PlantedModel, export_onnx, write_bundle
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,7 +72,10 @@ def test_dataset_holds_runtime_package_and_weights(built, weights):
     assert package == runtime_modules()
     assert {"kernel", "gateway", "predict", "load", "ensemble", "normalize"} <= set(package)
     assert all(p.suffix == ".py" for p in (dataset / "inference").iterdir())
-    assert not any(f.split("/")[0] in ("phantom", "training", "tests", "scripts") for f in files)
+    assert "metric" not in package  # scoring stays in the development package
+    assert not any(f.split("/")[0] in ("phantom", "training", "tests", "scripts", "evaluation") for f in files)
+    for name in build_kernel.VENDORED_PACKAGES:  # pure-Python runtime libraries travel in vendor/
+        assert (dataset / "vendor" / name / "__init__.py").is_file()
     assert "train_minimal.py" not in files and "build_kernel.py" not in files
     bundled = Manifest.read(dataset / "weights", verify=True)
     assert bundled.aggregation.tta_flip is True and bundled.windows.batch_size == 7
@@ -116,30 +120,23 @@ def test_notebook_is_valid_nbformat4_and_equals_py_twin(built):
     assert "--no-index" in code and "--find-links" in code and "kernel_main" in code
 
 
-def _clean_env(tmp: Path, bundle: Path, test_dir: Path, **extra: str) -> dict[str, str]:
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp), "PYTHONPATH": "",
-           "PYTHONNOUSERSITE": "1", "LANG": "C.UTF-8", "RSNA_BUNDLE_DIR": str(bundle),
-           "RSNA_COMPETITION_DIR": str(tmp / "no-competition-data"), "RSNA_TEST_CSV": str(test_dir / "test.csv"),
-           "RSNA_SERIES_DIR": str(test_dir / "series"), "RSNA_SHARE_DIR": str(tmp / "shared"),
-           "OMP_NUM_THREADS": "1"}
-    env.update(extra)
-    return env
-
-
 def test_bundled_kernel_runs_offline_in_a_clean_process(built, phantom_test, tmp_path_factory):
+    from evaluation.__main__ import summarize_run
+
     tmp = tmp_path_factory.mktemp("kaggle")
     assert REPO not in tmp.parents
     bundle = shutil.copytree(built["dataset"], tmp / "input" / "rsna-aneurysm-kit-bundle")
     kernel = shutil.copytree(built["kernel"], tmp / "kernel")
     working = tmp / "working"
     working.mkdir()
-    env = _clean_env(tmp, bundle, phantom_test, RSNA_LABELS_CSV=str(phantom_test / "test_labels.csv"))
+    env = clean_kernel_env(tmp, bundle, phantom_test)
     proc = subprocess.run([sys.executable, "-X", "importtime", str(kernel / "rsna-aneurysm-kit-submission.py")],
                           cwd=working, env=env, capture_output=True, text=True, timeout=300)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-4000:]
     imported = {line.rsplit("|", 1)[1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
-    assert "onnxruntime" in imported and not imported & {"torch", "timm", "torchvision", "training", "phantom"}
+    assert "onnxruntime" in imported
+    assert not imported & {"torch", "timm", "torchvision", "training", "phantom", "evaluation", "matplotlib"}
     assert f"runtime package: {bundle / 'inference'}" in log  # the copy, not the repository, was imported
     assert "kaggle_evaluation is not importable" in log
     submission = pl.read_parquet(working / "submission.parquet")
@@ -150,10 +147,10 @@ def test_bundled_kernel_runs_offline_in_a_clean_process(built, phantom_test, tmp
     assert np.isfinite(values).all() and (values >= 0).all() and (values <= 1).all()
     priors = np.array(Manifest.read(bundle / "weights").priors)
     assert not np.allclose(values, priors[None, :])  # the models ran: not the fallback priors
-    summary = json.loads((working / "gateway_summary.json").read_text())
-    assert summary["timing"]["series"] == len(expected)
+    summary = summarize_run(working / "gateway_run.json", labels_csv=phantom_test / "test_labels.csv")
+    assert summary["timing"]["series"] == len(expected) and summary["answers"] == {"model": len(expected)}
     assert 0.0 <= summary["score"]["score"] <= 1.0
-    assert not any(p.is_symlink() for p in (tmp / "shared").rglob("*"))
+    assert not any(p.is_symlink() for p in (tmp / "shared").rglob("*"))  # every consumed series removed
 
 
 def test_bundled_kernel_decodes_compressed_series_in_its_pool_once(built, tmp_path):
@@ -171,13 +168,13 @@ def test_bundled_kernel_decodes_compressed_series_in_its_pool_once(built, tmp_pa
     pl.DataFrame({ID_COLUMN: uids}).write_csv(test_dir / "test.csv")
     working = tmp_path / "working"
     working.mkdir()
-    env = _clean_env(tmp_path, built["dataset"], test_dir)
+    env = clean_kernel_env(tmp_path, built["dataset"], test_dir)
     env.pop("OMP_NUM_THREADS")
     proc = subprocess.run([sys.executable, str(built["kernel"] / "rsna-aneurysm-kit-submission.py")], cwd=working,
                           env=env, capture_output=True, text=True, timeout=300)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-4000:]
-    assert "decoding pool failed" not in log and "skipped" not in log, log[-4000:]
+    assert "skipped" not in log and "without isolation" not in log, log[-4000:]
     assert log.count("runtime package:") == 1  # no worker process re-ran the kernel
     for uid in uids:  # each series answered once, from all of its 12 files
         assert len(re.findall(f"series {re.escape(uid)}: 12 slices", log)) == 1, log[-4000:]
@@ -189,7 +186,7 @@ def test_bundled_kernel_decodes_compressed_series_in_its_pool_once(built, tmp_pa
 
 
 def test_kernel_fails_loudly_when_kaggle_gateway_is_required(built, phantom_test, tmp_path):
-    env = _clean_env(tmp_path, built["dataset"], phantom_test, RSNA_GATEWAY="kaggle")
+    env = clean_kernel_env(tmp_path, built["dataset"], phantom_test, RSNA_GATEWAY="kaggle")
     script = built["kernel"] / "rsna-aneurysm-kit-submission.py"
     proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=120)
@@ -279,28 +276,28 @@ def test_runtime_modules_follow_imports_and_refuse_torch(tmp_path):
 
 
 FAKE_SERVER = '''\
-"""A stand-in for the competition's server module: records how the kernel drives it (not Kaggle's code)."""
+"""A stand-in for the competition's server module: the kit's own stand-in (which enforces the endpoint rules of
+Kaggle's server) plus a record of how the kernel drives it. Not Kaggle's code."""
 import json
-import re
 import os
 
+from inference.gateway import LocalInferenceServer
 
-class RSNAInferenceServer:
-    def __init__(self, predict):
-        self.predict = predict
 
-    def _answer(self, mode, data_paths=None):
-        series = os.environ["FAKE_SERIES"]
-        frame = self.predict(series)
+class RSNAInferenceServer(LocalInferenceServer):
+    def _record(self, mode, data_paths=None, file_share_dir=None):
         with open(os.environ["FAKE_RECORD"], "w") as handle:
-            json.dump({"mode": mode, "data_paths": data_paths, "columns": list(frame.columns),
-                       "rows": frame.height}, handle)
+            json.dump({"mode": mode, "data_paths": data_paths, "file_share_dir": file_share_dir}, handle)
 
     def serve(self):
-        self._answer("serve")
+        self._record("serve")
+        self._call("predict", os.environ["FAKE_SERIES"], timeout=None)
 
     def run_local_gateway(self, data_paths=None, file_share_dir=None):
-        self._answer("local", data_paths)
+        self._record("local", data_paths, file_share_dir)
+        if data_paths is None:  # Kaggle's default: the test data beside its package
+            data_paths = (os.environ["FAKE_TEST_CSV"], os.environ["FAKE_SERIES_DIR"])
+        super().run_local_gateway(data_paths, file_share_dir, seed=0)
 '''
 
 
@@ -311,24 +308,31 @@ def test_kernel_drives_kaggle_server_when_importable(built, phantom_test, tmp_pa
     (competition / "kaggle_evaluation" / "__init__.py").write_text("")
     (competition / "kaggle_evaluation" / "rsna_inference_server.py").write_text(FAKE_SERVER)
     series = sorted((phantom_test / "series").iterdir())[0]
-    env = _clean_env(tmp_path, built["dataset"], phantom_test, RSNA_COMPETITION_DIR=str(competition),
-                     FAKE_SERIES=str(series), FAKE_RECORD=str(tmp_path / "record.json"))
+    env = clean_kernel_env(tmp_path, built["dataset"], phantom_test, RSNA_COMPETITION_DIR=str(competition),
+                     FAKE_SERIES=str(series), FAKE_RECORD=str(tmp_path / "record.json"),
+                     FAKE_TEST_CSV=str(phantom_test / "test.csv"), FAKE_SERIES_DIR=str(phantom_test / "series"))
     if not explicit:
-        del env["RSNA_TEST_CSV"], env["RSNA_SERIES_DIR"]
+        del env["RSNA_TEST_CSV"], env["RSNA_SERIES_DIR"], env["RSNA_SHARE_DIR"]
     if rerun:
         env["KAGGLE_IS_COMPETITION_RERUN"] = "1"
     script = built["kernel"] / "rsna-aneurysm-kit-submission.py"
     proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=120)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
     record = json.loads((tmp_path / "record.json").read_text())
     assert record["mode"] == ("serve" if rerun else "local")
-    assert record["columns"] == list(LABELS) and record["rows"] == 1
+    if rerun:
+        assert f"series {series.name}:" in log and "answer: model" in log
+        return
+    assert record["file_share_dir"]  # off Kaggle, Kaggle's gateway cannot share a series without it
     if explicit:
         assert record["data_paths"] == [str(phantom_test / "test.csv"), str(phantom_test / "series")]
+        assert record["file_share_dir"] == env["RSNA_SHARE_DIR"]
     else:
-        assert record["data_paths"] is None
-    assert not (tmp_path / "submission.parquet").exists()  # our own gateway did not run
+        assert record["data_paths"] is None and not Path(record["file_share_dir"]).exists()  # a temp dir, removed
+    submission = pl.read_parquet(tmp_path / "submission.parquet")
+    assert submission.height == pl.read_csv(phantom_test / "test.csv").height
 
 
 def test_kernel_unpacks_folders_that_kaggle_kept_as_archives(built, phantom_test, tmp_path):
@@ -338,7 +342,7 @@ def test_kernel_unpacks_folders_that_kaggle_kept_as_archives(built, phantom_test
         shutil.rmtree(bundle / name)
     working = tmp_path / "working"
     working.mkdir()
-    env = _clean_env(tmp_path, bundle, phantom_test, RSNA_UNPACK_DIR=str(tmp_path / "unpacked"))
+    env = clean_kernel_env(tmp_path, bundle, phantom_test, RSNA_UNPACK_DIR=str(tmp_path / "unpacked"))
     script = built["kernel"] / "rsna-aneurysm-kit-submission.py"
     proc = subprocess.run([sys.executable, str(script)], cwd=working, env=env, capture_output=True, text=True,
                           timeout=120)
@@ -348,15 +352,21 @@ def test_kernel_unpacks_folders_that_kaggle_kept_as_archives(built, phantom_test
     assert pl.read_parquet(working / "submission.parquet").height == pl.read_csv(phantom_test / "test.csv").height
 
 
-def test_kernel_paths_default_to_kaggle_and_follow_the_environment(tmp_path):
-    from inference.kernel import COMPETITION_DIR_DEFAULT, KernelPaths
+def test_kernel_config_defaults_to_kaggle_and_follows_the_environment(tmp_path):
+    from inference.kernel import COMPETITION_DIR_DEFAULT, DEFAULT_BUDGET_S, KernelConfig
 
-    paths = KernelPaths.from_env({})
-    assert paths.competition_dir == Path(COMPETITION_DIR_DEFAULT)
-    assert paths.share_dir == Path("/kaggle/shared")
-    assert paths.test_csv == Path(COMPETITION_DIR_DEFAULT) / "test.csv"
-    assert paths.weights_dir == REPO / "weights" and paths.labels_csv is None and not paths.explicit_test_data
-    custom = KernelPaths.from_env({"RSNA_COMPETITION_DIR": str(tmp_path), "RSNA_WEIGHTS_DIR": "/w",
-                                   "RSNA_SERIES_DIR": "/s", "RSNA_LABELS_CSV": "/l.csv"})
+    config = KernelConfig.from_env({})
+    assert config.competition_dir == Path(COMPETITION_DIR_DEFAULT)
+    assert config.share_dir is None and config.budget_s == DEFAULT_BUDGET_S and config.seed is None
+    assert config.test_csv == Path(COMPETITION_DIR_DEFAULT) / "test.csv"
+    assert config.weights_dir == REPO / "weights" and not config.explicit_test_data
+    custom = KernelConfig.from_env({"RSNA_COMPETITION_DIR": str(tmp_path), "RSNA_WEIGHTS_DIR": "/w",
+                                    "RSNA_SERIES_DIR": "/s", "RSNA_CALL_BUDGET_S": "42", "RSNA_FOLDS": "0, 2",
+                                    "RSNA_DECODE_TIMEOUT_S": "5", "RSNA_DECODE_MEMORY_MB": "1024",
+                                    "RSNA_SHARE_DIR": "/sh", "RSNA_GATEWAY_SEED": "7"})
     assert custom.test_csv == tmp_path / "test.csv" and custom.series_dir == Path("/s")
-    assert custom.weights_dir == Path("/w") and custom.labels_csv == Path("/l.csv") and custom.explicit_test_data
+    assert custom.weights_dir == Path("/w") and custom.explicit_test_data and custom.share_dir == Path("/sh")
+    assert custom.budget_s == 42.0 and custom.folds == (0, 2) and custom.seed == 7
+    assert custom.decode.timeout_s == 5.0 and custom.decode.memory_mb == 1024
+    with pytest.raises(ValueError, match="auto, kaggle or local"):
+        KernelConfig.from_env({"RSNA_GATEWAY": "remote"})

@@ -27,7 +27,7 @@ def test_demo_runs_the_whole_chain_at_small_size(tmp_path):
                      "--slices", "12", "24", "--epochs", "2", "--set", "train.windows_per_epoch=256", timeout=600)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-4000:]
-    for step in ("[1/5] phantom", "[2/5] train", "[3/5] build", "[4/5] run the bundled kernel", "[5/5] result"):
+    for step in ("[1/5] phantom", "[2/5] train", "[3/5] build", "[4/5] run the bundled kernel", "[5/5] score"):
         assert step in log
     out = tmp_path / "demo"
     weights = json.loads((out / "weights" / "manifest.json").read_text())

@@ -27,12 +27,12 @@ from pydicom.uid import (
     generate_uid,
 )
 
-import inference.load
 import phantom
 from inference.dicom_io import DicomFileError, read_dicom
 from inference.dicom_pixels import count_encapsulated_frames
 from inference.errors import SeriesLoadError
-from inference.load import load_series, shutdown_pool
+from inference.decode_pool import DecodeJob, DecodeLimits, DecodePool
+from inference.load import load_series
 
 
 def _testfile(name: str) -> Path:
@@ -398,85 +398,88 @@ def _pooled_series(folder: Path, anatomy, syntax) -> np.ndarray:
     return hu
 
 
-@pytest.mark.parametrize("syntax", [JPEG2000Lossless, JPEGLSLossless], ids=["jpeg2000", "jpegls"])
+@pytest.fixture(scope="module")
+def decode_pool():
+    """Two decoding workers for this module's tests (closed afterwards: no segment left in /dev/shm)."""
+    with DecodePool(DecodeLimits(workers=2)) as pool:
+        yield pool
+
+
+@pytest.mark.parametrize("syntax", [JPEG2000Lossless, JPEGLSLossless, RLELossless], ids=["jpeg2000", "jpegls", "rle"])
 def test_compressed_series_reads_the_same_in_the_pool_and_in_process(tmp_path, anatomy, syntax):
     folder = tmp_path / "pooled"
     hu = _pooled_series(folder, anatomy, syntax)
     before = _shared_memory_segments()
-    shutdown_pool()
-    try:
-        pooled = load_series(folder, workers=2)
-        assert inference.load._POOL is not None  # the files went through the worker processes
-        single = load_series(folder, workers=1)
-    finally:
-        shutdown_pool()
-    assert pooled.stack_shape[0] >= 9  # enough files for the pool
+    with DecodePool(DecodeLimits(workers=2)) as pool:
+        pooled = load_series(folder, pool=pool)
+        assert pool.started and pool.block_bytes > 0  # the files went through the workers and the shared block
+    single = load_series(folder, in_process=True)
     np.testing.assert_array_equal(pooled.pixels, hu)
     np.testing.assert_array_equal(pooled.pixels, single.pixels)
     assert pooled.sources == single.sources
     assert _shared_memory_segments() <= before  # the shared block was unlinked
 
 
-def test_pool_returns_frames_through_one_shared_block(tmp_path, anatomy):
+def test_pool_returns_frames_through_one_shared_block_reused_by_the_next_series(tmp_path, anatomy, decode_pool):
     folder = tmp_path / "pooled"
     _pooled_series(folder, anatomy, JPEGLSLossless)
     paths = [str(p) for p in sorted(folder.iterdir())]
-    first = read_dicom(paths[0])
-    try:
-        with inference.load._SHARED_LOCK:
-            results = inference.load._read_in_pool(paths[1:], 2, ("fast", "pydicom"), like=first)
-            images = [image for image, _ in results]
-            assert all(image is not None for image in images)
-            assert len({id(image.pixels.base) for image in images}) == 1  # views of one block, not pickled arrays
-            pixels = [image.pixels.copy() for image in images]  # the views die with the block
-            del results, images
-        again = load_series(folder, workers=2)  # the block is reused by the next series
-    finally:
-        shutdown_pool()
-    for path, frames in zip(paths[1:], pixels):
-        np.testing.assert_array_equal(frames, read_dicom(path).pixels)
-    np.testing.assert_array_equal(again.pixels, load_series(folder, workers=1).pixels)
+    headers = [read_dicom(p, decode=False) for p in paths]
+    assert all(h.pixels is None and h.encapsulated for h in headers)  # headers only: nothing decoded here
+    jobs = [DecodeJob(h.path, h.num_frames, h.rows, h.cols, h.pixel_dtype) for h in headers]
+    with decode_pool.decode(jobs) as batch:
+        results = dict(batch)
+        assert sorted(results) == list(range(len(jobs)))
+        bases = {id(np.asarray(r.pixels).base) for r in results.values()}
+        assert len(bases) == 1  # views of one block, not pickled arrays
+        pixels = {k: r.pixels.copy() for k, r in results.items()}  # the views die with the batch
+        name = decode_pool._block.name
+    for k, path in enumerate(paths):
+        np.testing.assert_array_equal(pixels[k], read_dicom(path).pixels)
+    again = load_series(folder, pool=decode_pool)  # the block is reused by the next series
+    assert decode_pool._block.name == name
+    np.testing.assert_array_equal(again.pixels, load_series(folder, in_process=True).pixels)
 
 
-def test_pool_ships_misfits_and_skips_broken_files(tmp_path, anatomy, monkeypatch):
+def test_pool_ships_misfits_and_a_broken_file_costs_only_itself(tmp_path, anatomy, decode_pool, monkeypatch):
     folder = tmp_path / "pooled"
     hu = _pooled_series(folder, anatomy, JPEGLSLossless)
     paths = sorted(folder.iterdir())
-    full = load_series(folder, workers=1)
-    scout = pydicom.dcmread(paths[4])  # a differently sized file cannot use its slot: it comes back pickled
-    scout.decompress()
-    scout.Rows, scout.Columns = 16, 24
-    scout.PixelData = np.arange(16 * 24, dtype=np.uint16).tobytes()
-    scout.save_as(paths[4])
+    full = load_series(folder, in_process=True)
+    headers = [read_dicom(p, decode=False) for p in paths]
+    wrong = DecodeJob(str(paths[4]), 1, 16, 24, headers[4].pixel_dtype)  # a job whose frames do not fit its slot
+    with decode_pool.decode([wrong]) as batch:
+        ((_, misfit),) = list(batch)
+        assert misfit.pixels.base is None or misfit.pixels.base is not decode_pool._block  # pickled, not a view
+        np.testing.assert_array_equal(misfit.pixels, read_dicom(paths[4]).pixels)
     _break(paths[6], "truncated")
-    shutdown_pool()
-    try:
-        volume = load_series(folder, workers=2)
-        results = inference.load._read_in_pool([str(p) for p in paths[1:]], 2, ("fast", "pydicom"),
-                                               like=read_dicom(paths[0]))
-        scout_pixels, broken = results[3][0].pixels.copy(), results[5]  # copies: the block goes with the pool
-        del results
-        shutdown_pool()
-        monkeypatch.setattr(inference.load, "_shared_block_fits", lambda nbytes: False)
-        no_shm = load_series(folder, workers=2)
-    finally:
-        shutdown_pool()
+    volume = load_series(folder, pool=decode_pool)
     gone = {round(full.to_canonical(source.sop_instance_uid, 0, 0, 0)[0]) for source in full.sources
-            if Path(source.path).name in (paths[4].name, paths[6].name)}
+            if Path(source.path).name == paths[6].name}
     np.testing.assert_array_equal(volume.pixels, np.delete(hu, sorted(gone), axis=0))
-    np.testing.assert_array_equal(no_shm.pixels, volume.pixels)
     assert any(paths[6].name in note for note in volume.dropped)
-    np.testing.assert_array_equal(scout_pixels[0], np.arange(16 * 24).reshape(16, 24))
-    assert broken[0] is None and paths[6].name in broken[1]
+    with DecodePool(DecodeLimits(workers=1)) as no_shm:
+        monkeypatch.setattr(no_shm, "_block_for", lambda nbytes: None)  # /dev/shm too small: pixels pickled
+        np.testing.assert_array_equal(load_series(folder, pool=no_shm).pixels, volume.pixels)
 
 
-def test_rle_series_stays_in_process(tmp_path, anatomy):
-    folder = tmp_path / "rle"
-    hu = np.tile(anatomy, (2, 1, 1))
-    _write_slices(folder, hu, *ACQUISITIONS["coronal"], syntax=RLELossless)
-    shutdown_pool()
-    np.testing.assert_array_equal(load_series(folder, workers=2).pixels, hu)
-    assert inference.load._POOL is None
+def test_uncompressed_series_never_start_the_pool(tmp_path, anatomy):
+    folder = _folder_with(tmp_path / "plain", anatomy)
+    with DecodePool(DecodeLimits(workers=1)) as pool:
+        np.testing.assert_array_equal(load_series(folder, pool=pool).pixels, anatomy)
+        assert not pool.started
+
+
+def test_a_block_larger_than_the_retained_size_is_released_after_its_series(tmp_path, anatomy):
+    folder = tmp_path / "pooled"
+    _pooled_series(folder, anatomy, JPEGLSLossless)
+    before = _shared_memory_segments()
+    with DecodePool(DecodeLimits(workers=1, retain_mb=0)) as small, DecodePool(DecodeLimits(workers=1)) as large:
+        load_series(folder, pool=small)
+        kept = {name for name in _shared_memory_segments() - before if name.startswith("psm_")}
+        assert small.block_bytes == 0 and not kept  # no shared block left in /dev/shm
+        load_series(folder, pool=large)
+        assert large.block_bytes > 0  # a usual series keeps its block for the next one
 
 
 def test_other_transfer_syntaxes_of_a_series(tmp_path, anatomy):
@@ -516,6 +519,55 @@ def test_other_orientation_of_the_same_size_is_dropped(tmp_path, anatomy):
     volume = load_series(folder)
     np.testing.assert_array_equal(volume.pixels, anatomy)
     assert any("orientation" in note for note in volume.dropped)
+
+
+def test_a_non_image_object_never_outvotes_the_image_stack(tmp_path, anatomy):
+    hu = anatomy[:4].repeat(8, axis=1).repeat(8, axis=2)  # 4 CT slices of 64x80
+    folder = _folder_with(tmp_path / "with_dose", hu)
+    dose = _base_dataset(generate_uid(), 10, 10, "RTDOSE")  # 15 frames of 10x10 against 4 image frames
+    dose.SOPClassUID = "1.2.840.10008.5.1.4.1.1.481.2"  # RT Dose Storage
+    dose.file_meta.MediaStorageSOPClassUID = dose.SOPClassUID
+    dose.NumberOfFrames = 15
+    dose.ImagePositionPatient, dose.ImageOrientationPatient = [0, 0, 0], [1, 0, 0, 0, 1, 0]
+    dose.PixelData = np.arange(15 * 100, dtype=np.uint16).tobytes()
+    dose.save_as(folder / "dose.dcm", enforce_file_format=True)
+    raw = (folder / "dose.dcm").read_bytes().replace(b"15", b"1A", 1)  # NumberOfFrames '1A': not even a number
+    assert b"1A" in raw
+    (folder / "dose.dcm").write_bytes(raw)
+    volume = load_series(folder)
+    np.testing.assert_array_equal(volume.pixels, hu)
+    assert volume.modality == "CT"
+    assert any("non-image" in note for note in volume.dropped)
+
+
+@pytest.mark.parametrize("damage", ["zero_orientation", "parallel_vectors", "same_position"])
+def test_degenerate_geometry_falls_back_to_instance_order_and_keeps_every_slice(tmp_path, anatomy, damage):
+    folder = _folder_with(tmp_path / damage, anatomy)
+    for path in folder.iterdir():
+        ds = pydicom.dcmread(path)
+        if damage == "zero_orientation":
+            ds.ImageOrientationPatient = [0, 0, 0, 0, 0, 0]
+        elif damage == "parallel_vectors":
+            ds.ImageOrientationPatient = [1, 0, 0, 1, 0, 0]
+        else:
+            ds.ImagePositionPatient = [12.5, -3.0, 40.0]
+        ds.save_as(path)
+    volume = load_series(folder)
+    assert volume.stack_shape[0] == anatomy.shape[0]  # no slice collapsed away
+    np.testing.assert_array_equal(volume.pixels, anatomy)  # InstanceNumber follows +z in these files
+    assert any("InstanceNumber" in note for note in volume.dropped)
+
+
+def test_a_file_without_orientation_keeps_its_slice_when_its_position_fits(tmp_path, anatomy):
+    folder = tmp_path / "partial_iop"
+    _write_slices(folder, anatomy, *ACQUISITIONS["axial_feet_first"], shuffle_names=True)
+    for path in sorted(folder.iterdir())[::3]:
+        ds = pydicom.dcmread(path)
+        del ds.ImageOrientationPatient
+        ds.save_as(path)
+    volume = load_series(folder)
+    np.testing.assert_array_equal(volume.pixels, anatomy)
+    assert any("placed by their position" in note for note in volume.dropped)
 
 
 def test_duplicate_positions_keep_one_slice(tmp_path, anatomy):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from inference.labels import LABELS, LOCATION_LABELS, PRESENT_INDEX
-from inference.metric import MetricError, competition_score, roc_auc
+from evaluation.metric import MetricError, competition_score, roc_auc
 
 sklearn_metrics = pytest.importorskip("sklearn.metrics")
 
@@ -49,3 +49,15 @@ def test_perfect_and_inverted_predictions():
     y = rng.integers(0, 2, (30, len(LABELS)))
     assert competition_score(y, y.astype(float)).score == pytest.approx(1.0)
     assert competition_score(y, 1.0 - y).score == pytest.approx(0.0)
+
+
+def test_lenient_score_is_undefined_without_a_present_auc():
+    from evaluation.metric import score_predictions
+
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 2, (40, len(LABELS)))
+    p = rng.random(y.shape)
+    y[:, PRESENT_INDEX] = 1  # every series positive: Present AUC undefined
+    report = score_predictions(y, p)
+    assert report["present_auc"] is None and report["mean_location_auc"] is not None
+    assert report["score"] is None and not report["complete"]  # not the location mean in disguise

@@ -17,7 +17,7 @@ from inference.config import AggregationConfig, PreprocessConfig, WindowConfig
 from inference.ensemble import sigmoid
 from inference.labels import LABELS, PRESENT_INDEX
 from inference.manifest import MANIFEST_NAME
-from inference.predict import UNIFORM_PRIOR, Predictor, make_predict
+from inference.predict import UNIFORM_PRIOR, Predictor
 from tests.onnx_models import PlantedModel, export_onnx, raising_model, write_bundle, write_ct_series
 
 SIZE = 32
@@ -90,9 +90,11 @@ def test_planted_model_proves_windows_channels_left_right_and_aggregation(bundle
     stack = canonical if orientation[0] > 0 else canonical[::-1, :, ::-1]
     series = tmp_path / "1.2.3.4"
     write_ct_series(series, stack, spacing=(1.0, 0.5, 0.5), orientation=orientation)
-    predictor = Predictor(bundle, providers=["CPUExecutionProvider"], shared_root=tmp_path / "no_share")
+    predictor = Predictor(bundle, providers=["CPUExecutionProvider"])
     with caplog.at_level(logging.INFO, logger="inference.predict"):
-        probs = predictor.predict_probabilities(str(series))
+        probs, report = predictor.predict_series(str(series))
+    np.testing.assert_array_equal(probs, predictor.predict_probabilities(str(series)))
+    assert report.answer == "model"
     expected = _expected_planted()
     np.testing.assert_allclose(probs, expected, atol=2e-3)
     assert probs[0] > 0.4 > 0.05 > probs[1]  # the bright patient-left half drives the Left label only
@@ -103,11 +105,10 @@ def test_planted_model_proves_windows_channels_left_right_and_aggregation(bundle
     _assert_frame(predictor.predict(str(series)))
 
 
-def test_predict_returns_a_valid_frame_and_make_predict_binds_it(bundle, tmp_path):
+def test_predict_returns_a_valid_frame(bundle, tmp_path):
     series = tmp_path / "series"
     write_ct_series(series, np.random.default_rng(0).uniform(-100, 600, size=(9, 40, 48)))
-    predict = make_predict(bundle, providers=["CPUExecutionProvider"], shared_root=tmp_path / "no_share")
-    values = _assert_frame(predict(str(series)))
+    values = _assert_frame(Predictor(bundle, providers=["CPUExecutionProvider"]).predict(str(series)))
     assert not np.allclose(values, PRIORS)
 
 
@@ -128,11 +129,11 @@ def test_unusable_series_get_the_priors_and_a_log_line(bundle, tmp_path, case, c
         (series / "a.dcm").write_bytes(b"not a dicom file" * 100)
         (series / "b.dcm").write_bytes(b"")
         (series / "notes.txt").write_text("hello")
-    predictor = Predictor(bundle, providers=["CPUExecutionProvider"], shared_root=tmp_path / "no_share")
+    predictor = Predictor(bundle, providers=["CPUExecutionProvider"])
     with caplog.at_level(logging.ERROR, logger="inference.predict"):
         values = _assert_frame(predictor.predict(str(series)))
     np.testing.assert_allclose(values, PRIORS)
-    assert f"series series_{case}: prediction failed after" in caplog.text
+    assert f"series series_{case}: prediction failed" in caplog.text
     assert "returning priors" in caplog.text
 
 
@@ -140,7 +141,7 @@ def test_a_model_that_raises_gives_the_priors(planted_onnx, tmp_path, caplog):
     folder = _bundle(tmp_path / "b", planted_onnx["raises"])
     series = tmp_path / "s"
     write_ct_series(series, np.zeros((3, 32, 32)))
-    predictor = Predictor(folder, providers=["CPUExecutionProvider"], shared_root=tmp_path / "no_share")
+    predictor = Predictor(folder, providers=["CPUExecutionProvider"])
     with caplog.at_level(logging.ERROR, logger="inference.predict"):
         values = _assert_frame(predictor.predict(str(series)))
     np.testing.assert_allclose(values, PRIORS)
@@ -152,7 +153,7 @@ def test_a_bundle_that_fails_verification_gives_the_priors_every_time(planted_on
     (folder / "fold0.onnx").write_bytes(b"tampered")
     series = tmp_path / "s"
     write_ct_series(series, np.zeros((3, 32, 32)))
-    predictor = Predictor(folder, providers=["CPUExecutionProvider"], shared_root=tmp_path / "no_share")
+    predictor = Predictor(folder, providers=["CPUExecutionProvider"])
     with caplog.at_level(logging.ERROR, logger="inference.predict"):
         for _ in range(2):
             np.testing.assert_allclose(_assert_frame(predictor.predict(str(series))), PRIORS)
@@ -169,21 +170,6 @@ def test_unreadable_manifest_gives_the_uniform_prior(planted_onnx, tmp_path, cap
         values = _assert_frame(predictor.predict(str(tmp_path / "whatever")))
     np.testing.assert_allclose(values, UNIFORM_PRIOR)
     assert "cannot read the weights manifest" in caplog.text and "whatever" in caplog.text
-
-
-def test_consumed_series_under_the_shared_root_is_removed(bundle, tmp_path):
-    data = tmp_path / "data" / "s1"
-    write_ct_series(data, np.zeros((3, 32, 32)))
-    shared = tmp_path / "shared" / "kaggle" / "input" / "s1"
-    shared.mkdir(parents=True)
-    for path in data.iterdir():  # as the gateway exposes series: symlinks to the real files
-        (shared / path.name).symlink_to(path)
-    predictor = Predictor(bundle, providers=["CPUExecutionProvider"], shared_root=tmp_path / "shared")
-    _assert_frame(predictor.predict(str(shared)))
-    assert not shared.exists()
-    assert len(list(data.iterdir())) == 3  # the link targets are untouched
-    _assert_frame(predictor.predict(str(data)))  # outside the shared root: kept
-    assert data.is_dir()
 
 
 def test_no_torch_in_the_runtime_after_a_full_predict(bundle, tmp_path):
@@ -206,10 +192,10 @@ def test_no_torch_in_the_runtime_after_a_full_predict(bundle, tmp_path):
 def test_every_phantom_test_series_gets_a_valid_frame(bundle, phantom_dataset, tmp_path):
     series_dirs = sorted(p for p in (Path(phantom_dataset) / "test" / "series").iterdir() if p.is_dir())
     assert series_dirs
-    predictor = Predictor(bundle, providers=["CPUExecutionProvider"], shared_root=tmp_path / "no_share")
+    predictor = Predictor(bundle, providers=["CPUExecutionProvider"])
     for folder in series_dirs:
-        values = _assert_frame(predictor.predict(str(folder)))
-        assert predictor.last_report.error == "", predictor.last_report.error
+        values, report = predictor.predict_series(str(folder))
+        assert report.error == "" and report.answer == "model", report.line()
         assert not np.allclose(values, PRIORS)
 
 
@@ -219,7 +205,7 @@ def test_planted_model_on_phantom_series_in_every_plane(planted_onnx, write_phan
     # a wide CT window so the bright aneurysm stands out from the vessels instead of saturating with them
     wide = _bundle(tmp_path / "wide", planted_onnx["planted"], aggregation=ALL_WINDOWS,
                    preprocess=PreprocessConfig(image_size=SIZE, ct_window=(0.0, 3000.0)))
-    predictor = Predictor(wide, providers=["CPUExecutionProvider"], shared_root=tmp_path / "no_share")
+    predictor = Predictor(wide, providers=["CPUExecutionProvider"])
     results = {}
     for side in ("Left", "Right"):
         for plane, flips in [("axial", {}), ("coronal", {"flip_cols": True}), ("sagittal", {"reverse_slices": True})]:
@@ -246,11 +232,10 @@ def test_streamed_and_sequential_preprocessing_give_the_same_answer(planted_onnx
         folder = _bundle(tmp_path / name, planted_onnx["planted"], aggregation=ALL_WINDOWS,
                          windows=WindowConfig(batch_size=4),
                          preprocess=PreprocessConfig(image_size=SIZE, slice_spacing_mm=spacing))
-        predictor = Predictor(folder, providers=["CPUExecutionProvider"], loader=lambda _: volume,
-                              shared_root=tmp_path / "no_share")
-        answers[name] = predictor.predict_probabilities("streamed")
-        assert predictor.last_report.overlapped == (spacing is None)
-        assert predictor.last_report.windows == 37
+        predictor = Predictor(folder, providers=["CPUExecutionProvider"], loader=lambda _: volume)
+        answers[name], report = predictor.predict_series("streamed")
+        assert report.overlapped == (spacing is None)
+        assert report.windows == report.windows_total == 37
     np.testing.assert_array_equal(answers["streamed"], answers["sequential"])
 
 
@@ -263,18 +248,60 @@ def test_a_failure_while_preparing_slices_reaches_predict(bundle, tmp_path, monk
 
     monkeypatch.setattr(predict_module, "prepare_slices", broken)
     volume = Volume(pixels=np.zeros((40, 32, 32), np.float32), spacing=(1.0, 1.0, 1.0), modality="CT")
-    predictor = Predictor(bundle, providers=["CPUExecutionProvider"], loader=lambda _: volume,
-                          shared_root=tmp_path / "no_share")
+    predictor = Predictor(bundle, providers=["CPUExecutionProvider"], loader=lambda _: volume)
     with caplog.at_level(logging.ERROR, logger="inference.predict"):
         np.testing.assert_allclose(_assert_frame(predictor.predict("x")), PRIORS)
     assert "cv2 exploded" in caplog.text and "(unexpected)" in caplog.text
 
 
-def test_shared_root_defaults_to_the_kernel_environment_variable(bundle, tmp_path, monkeypatch):
-    shared = tmp_path / "share" / "s2"
-    write_ct_series(shared, np.zeros((2, 32, 32)))
-    monkeypatch.setenv("RSNA_SHARE_DIR", str(tmp_path / "share"))
-    _assert_frame(Predictor(bundle, providers=["CPUExecutionProvider"]).predict(str(shared)))
-    assert not shared.exists()
-    monkeypatch.delenv("RSNA_SHARE_DIR")
-    assert Predictor(bundle).shared_root == Path("/kaggle/shared")
+def test_past_the_budget_the_answer_comes_from_the_windows_already_scored(planted_onnx, tmp_path, monkeypatch):
+    from inference import predict as predict_module
+    from inference.volume import Volume
+
+    folder = _bundle(tmp_path / "b", planted_onnx["planted"], aggregation=ALL_WINDOWS,
+                     windows=WindowConfig(batch_size=4))
+    volume = Volume(pixels=np.tile(SLICE_VALUES.repeat(4)[:, None, None], (1, 32, 32)), spacing=(1.0, 1.0, 1.0),
+                    modality="CT", series_uid="slow")
+    clock = {"now": 0.0}
+    monkeypatch.setattr(predict_module.time, "monotonic", lambda: clock["now"])
+    full = Predictor(folder, providers=["CPUExecutionProvider"], loader=lambda _: volume)
+    expected, _ = full.predict_series("slow")
+    predictor = Predictor(folder, providers=["CPUExecutionProvider"], loader=lambda _: volume, budget_s=100.0)
+    real_predict_windows = predictor.ensemble.predict_windows
+
+    def slow_windows(batch):  # every batch costs 30 s of the fake clock: batches 1-4 start within 100 s
+        clock["now"] += 30.0
+        return real_predict_windows(batch)
+
+    monkeypatch.setattr(predictor.ensemble, "predict_windows", slow_windows)
+    probs, report = predictor.predict_series("slow")
+    assert report.answer == "partial" and report.windows == 16 and report.windows_total == 24
+    assert not np.allclose(probs, PRIORS) and not np.allclose(probs, expected)  # the first 16 windows only
+    clock["now"] = 0.0
+    late = Predictor(folder, providers=["CPUExecutionProvider"], budget_s=100.0,
+                     loader=lambda _: (clock.update(now=101.0), volume)[1])  # loading alone uses the budget
+    probs, report = late.predict_series("late")
+    assert report.answer == "priors" and "budget ran out" in report.error
+    np.testing.assert_allclose(probs, PRIORS)
+
+
+def test_work_stuck_past_budget_and_grace_is_left_behind_with_the_priors(bundle, tmp_path, caplog):
+    import threading
+    import time
+
+    release = threading.Event()
+
+    def stuck_loader(_):  # native code that never looks at the deadline
+        release.wait(30)
+        raise RuntimeError("released")
+
+    predictor = Predictor(bundle, providers=["CPUExecutionProvider"], loader=stuck_loader, budget_s=0.2,
+                          watchdog_grace_s=0.3)
+    start = time.monotonic()
+    with caplog.at_level(logging.ERROR, logger="inference.predict"):
+        values = _assert_frame(predictor.predict("stuck"))
+    elapsed = time.monotonic() - start
+    release.set()
+    np.testing.assert_allclose(values, PRIORS)
+    assert elapsed < 10  # answered at budget + grace, not when the loader returned (30 s)
+    assert "left running in the background" in caplog.text

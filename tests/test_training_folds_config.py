@@ -10,7 +10,7 @@ from inference.errors import ConfigError
 from inference.labels import LABELS, PRESENT_INDEX
 from training.config import TrainConfig, apply_overrides, describe_keys, load_config
 from training.folds import make_folds
-from training.scoring import score_by_modality, score_predictions
+from evaluation.metric import score_by_modality, score_predictions
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -102,7 +102,7 @@ def test_cli_reports_a_bad_data_dir_with_status_2(tmp_path):
 
 def test_scores_match_sklearn_and_skip_one_class_labels():
     metrics = pytest.importorskip("sklearn.metrics")
-    from inference.metric import competition_score
+    from evaluation.metric import competition_score
 
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, (60, len(LABELS)))

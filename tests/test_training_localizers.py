@@ -42,7 +42,7 @@ def _placed(tmp_path, name: str, **acq):
     assert len(rows) == 1
     ours = [LocalizerRow(series_uid=spec.series_uid, sop_uid=r.sop_instance_uid, x=r.x, y=r.y,
                          frame=r.frame or 0, location=r.location) for r in rows]
-    volume = load_series(folder, workers=1)
+    volume = load_series(folder, in_process=True)
     prepared = preprocess_volume(volume, PreprocessConfig(image_size=64))
     points, problems = place_points(volume, prepared, ours)
     assert problems == [] and len(points) == 1
@@ -71,7 +71,7 @@ def test_unknown_sop_or_location_is_reported_not_fatal(tmp_path):
 
     spec = phantom.series_spec(4, acquisition=phantom.Acquisition(rows=32, cols=32, num_slices=20, noise=0.0))
     phantom.write_series(spec, tmp_path / "s")
-    volume = load_series(tmp_path / "s", workers=1)
+    volume = load_series(tmp_path / "s", in_process=True)
     prepared = preprocess_volume(volume, PreprocessConfig(image_size=32))
     rows = [LocalizerRow("s", "9.9.9", 1.0, 1.0, 0, "Basilar Tip"),
             LocalizerRow("s", volume.sources[0].sop_instance_uid, 1.0, 1.0, 0, "Nowhere Artery")]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ __all__ = ["CacheEntry", "CacheReport", "cache_dir_for", "build_cache", "load_pi
 
 log = logging.getLogger(__name__)
 
+SERIES_TIMEOUT_S = 1800.0  # one series in a cache worker (a decoder stuck in a loop loses its series, not the run)
 _PLACEMENT_VERSION = 2  # bump when localizer placement changes, so cached points are recomputed
 
 
@@ -73,18 +74,18 @@ def _read_valid(root: Path, uid: str, loc_hash: str) -> CacheEntry | None:
 
 
 def _cache_one(folder: str, uid: str, rows: list[LocalizerRow], cfg_dict: dict[str, Any], root: str,
-               decode_workers: int | None = None) -> dict[str, Any]:
-    """Worker: load, preprocess (inference.normalize), place localizers, write pixels + meta atomically.
+               in_process: bool = False) -> dict[str, Any]:
+    """Load, preprocess (inference.normalize), place localizers, write pixels + meta atomically.
 
-    Inside a cache worker process `decode_workers` is 1: the loader's own decoding pool would nest a pool in a
-    pool worker (and keep it alive at exit), while the cache already spreads series over processes.
+    Inside a cache worker process `in_process` is True: the worker is isolated already (a decoder crash costs
+    its series), and a decoding pool per worker would multiply processes.
     """
     from inference.config import from_dict
     from inference.load import load_series
     from inference.normalize import preprocess_volume
 
     cfg = from_dict(PreprocessConfig, cfg_dict)
-    volume = load_series(folder, workers=decode_workers)
+    volume = load_series(folder, in_process=in_process)
     prepared = preprocess_volume(volume, cfg)
     points, problems = place_points(volume, prepared, rows)
     out = Path(root)
@@ -110,7 +111,8 @@ def build_cache(folders: dict[str, Path], localizers: dict[str, list[LocalizerRo
         localizers: series uid -> its localizer rows (missing = none).
         cfg: preprocessing config (its hash names the cache folder).
         cache_dir: cache root.
-        workers: worker processes (<= 1: in this process).
+        workers: worker processes (<= 1: in this process, compressed files decoded by the loader's pool). In
+            worker processes a series that crashes or hangs its worker (over SERIES_TIMEOUT_S) costs that series.
         progress: show a tqdm bar.
         read_only: only collect what is cached (other torchrun ranks, after rank 0 built the cache).
     Returns:
@@ -153,21 +155,26 @@ def build_cache(folders: dict[str, Path], localizers: dict[str, list[LocalizerRo
                 _done(uid, _cache_one(folder, uid, rows, cfg_dict, str(root)), None)
             except Exception as exc:  # one bad series must not stop the cache
                 _done(uid, None, exc)
-        from inference.load import shutdown_pool
+        from inference.decode_pool import shared_pool
 
-        shutdown_pool()  # the loader's decoding pool must not outlive the cache (training forks DataLoader workers)
+        shared_pool().close()  # the loader's decoding workers must not outlive the cache
     elif todo:
-        import multiprocessing
+        from inference.decode_pool import isolated_processes
 
-        context = multiprocessing.get_context("spawn")  # the parent may hold torch threads: never fork it
-        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            futures = {pool.submit(_cache_one, folder, uid, rows, cfg_dict, str(root), 1): uid
-                       for folder, uid, rows in todo}
+        # fork+exec workers (the parent may hold torch threads: never fork it); a series that kills its worker
+        # or overruns costs that series, not the cache
+        pool = isolated_processes(workers)
+        try:
+            futures = {pool.schedule(_cache_one, args=(folder, uid, rows, cfg_dict, str(root), True),
+                                     timeout=SERIES_TIMEOUT_S): uid for folder, uid, rows in todo}
             for future in as_completed(futures):
                 try:
                     _done(futures[future], future.result(), None)
-                except Exception as exc:
+                except Exception as exc:  # TimeoutError, ProcessExpired, or the series' own error
                     _done(futures[future], None, exc)
+        finally:
+            pool.close()
+            pool.join()
     bar.close()
     (root / "failures.json").write_text(json.dumps(report.failures, indent=2, sort_keys=True))
     if report.failures:

@@ -12,7 +12,7 @@ from typing import Any
 
 from .data import read_train_table
 from .oof import predict_series
-from .scoring import score_by_modality, score_predictions
+from evaluation.metric import score_by_modality, score_predictions
 
 __all__ = ["evaluate_split", "write_flipped_phantom_test", "main"]
 

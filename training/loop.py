@@ -28,7 +28,7 @@ from .config import TrainConfig
 from .model import DualStreamNet, InferenceGraph, build_model
 from .sampling import (ROI, CachedSeries, Sample, draw_epoch, negative_centres, normalized_coords, roi_crop,
                        window_at)
-from .scoring import score_predictions
+from evaluation.metric import score_predictions
 
 __all__ = ["DistInfo", "init_distributed", "seed_everything", "WindowDataset", "predict_windows", "validate",
            "mine_hard_negatives", "FoldResult", "train_fold", "load_best"]

@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from inference.labels import LABELS
 
-from .scoring import score_by_modality, score_predictions
+from evaluation.metric import score_by_modality, score_predictions
 
 __all__ = ["predict_series", "oof_report", "OOF_REPORT_NAME"]
 
@@ -28,7 +28,7 @@ def predict_series(bundle_dir: str | Path, folders: list[Path], *, folds: list[i
     """
     from inference.predict import Predictor
 
-    predictor = Predictor(bundle_dir, folds=folds, shared_root=Path(bundle_dir) / ".no-shared-root")
+    predictor = Predictor(bundle_dir, folds=folds)
     out, failed = [], []
     for folder in tqdm(folders, desc=desc, unit="series", disable=not progress):
         try:
