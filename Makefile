@@ -1,4 +1,4 @@
-# make test: create .venv, install requirements.txt, run the test suite.
+# make test: create .venv, install requirements.txt, lint (ruff), run the test suite (pytest).
 # make demo: the whole chain on a synthetic phantom dataset (train -> export -> bundle -> local gateway -> score).
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 DEMO_DIR ?= runs/demo
 PYTEST_ARGS ?=
 
-.PHONY: venv test demo bench clean
+.PHONY: venv lint test demo bench clean
 
 venv: $(VENV)/.installed
 
@@ -16,8 +16,11 @@ $(VENV)/.installed: requirements.txt requirements-kernel.txt
 	$(VENV)/bin/pip install --quiet -r requirements.txt
 	touch $@
 
-test: venv
-	$(PY) -m pytest -q $(PYTEST_ARGS) tests
+lint: venv
+	$(VENV)/bin/ruff check .
+
+test: lint
+	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
 demo: venv
 	$(PY) scripts/demo.py --out $(DEMO_DIR)

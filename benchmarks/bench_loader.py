@@ -116,9 +116,9 @@ def main(argv: list[str] | None = None) -> int:
             for path in series_files(folder):  # page cache warm for both readers
                 path.read_bytes()
             timed = _best_of(args.repeats, {
-                "naive": lambda: naive_load(folder),
-                "one": lambda: load_series(folder, in_process=True),
-                "auto": lambda: load_series(folder, pool=pool),
+                "naive": lambda folder=folder: naive_load(folder),
+                "one": lambda folder=folder: load_series(folder, in_process=True),
+                "auto": lambda folder=folder: load_series(folder, pool=pool),
             })
             (base_s, base_cpu, baseline), (one_s, one_cpu, _), (load_s, _, volume) = (
                 timed["naive"], timed["one"], timed["auto"])
@@ -140,8 +140,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{one_cpu:>12.2f}  {'yes' if same else 'NO'}")
     print("naive = sequential dcmread(path).pixel_array + sort by InstanceNumber (no rescale, no orientation);")
     print("loader = load_series (read, decode, sort, rescale to float32, canonical orientation); best of "
-          f"{args.repeats}; 'loader 1 proc' decodes in-process, 'loader auto' decodes compressed files in the isolated worker "
-          "processes (uncompressed files are read in-process either way).")
+          f"{args.repeats}; 'loader 1 proc' decodes in-process, 'loader auto' decodes compressed files in the isolated "
+          "worker processes (uncompressed files are read in-process either way).")
     print("speedup = naive / loader auto (wall). CPU columns: this process's CPU ms per slice (in-process runs),")
     print("less sensitive than wall time to other jobs sharing the cores.")
     return 0 if all(row[-1] for row in rows) else 1

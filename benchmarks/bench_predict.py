@@ -30,7 +30,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=16, help="windows per onnxruntime run (default 16)")
     parser.add_argument("--backbone", default="tf_efficientnet_b0", help="timm backbone of both streams")
     parser.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: cores)")
-    parser.add_argument("--float16", action="store_true", help="export the model with a float16 input (cast to float32 inside)")
+    parser.add_argument("--float16", action="store_true",
+                        help="export the model with a float16 input (cast to float32 inside)")
     parser.add_argument("--tta", action="store_true", help="turn on the left-right flip TTA")
     parser.add_argument("--repeats", type=int, default=1, help="timed predict calls (default 1)")
     parser.add_argument("--workdir", type=Path, default=None, help="keep the series and bundle here")

@@ -2,8 +2,9 @@
 
 Times (1) one training step of the dual-stream model on a ready batch on the device (mixed precision, grad
 clipping as in training/loop.py; with and without cudnn.benchmark, channels_last and a loss read-back every
-step; warm-up steps, and so cudnn.benchmark's autotuning, are not timed), and (2) the DataLoader over WindowDataset on synthetic cached series (no GPU), with 0..N workers
-and with OpenCV's own thread pool on or off in the workers. Whichever is slower bounds training.
+step; warm-up steps, and so cudnn.benchmark's autotuning, are not timed), and (2) the DataLoader over
+WindowDataset on synthetic cached series (no GPU), with 0..N workers and with OpenCV's own thread pool on or off
+in the workers. Whichever is slower bounds training.
 
 Example:
     python benchmarks/bench_train_step.py --config configs/competition.yaml --workers 6 14

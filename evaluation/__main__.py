@@ -76,7 +76,8 @@ def _print(summary: dict[str, Any], timing_lines: list[str]) -> None:
         for name, auc in score["per_label"].items():
             print(f"  {name:<45} {auc:.4f}")
         for modality, value in score["per_modality"].items():
-            print(f"  modality {modality:<10} {value:.4f}" if isinstance(value, float) else f"  modality {modality}: {value}")
+            text = f"{value:.4f}" if isinstance(value, float) else value
+            print(f"  modality {modality:<10} {text}")
     elif "score_error" in summary:
         print(f"score: undefined ({summary['score_error']})")
 

@@ -52,12 +52,14 @@ def write_report(path: str | Path, *, durations_s: Sequence[float], timing: Timi
             fpr, tpr = roc_curve(y_true, joined[name].to_numpy())
             ax.plot(fpr, tpr, lw=2.5 if name == LABELS[-1] else 1.0, label=f"{name} ({score.per_label[name]:.3f})")
         ax.plot([0, 1], [0, 1], "k:", lw=0.8)
-        ax.set(xlabel="false positive rate", ylabel="true positive rate", title=f"ROC per label, score {score.score:.4f}")
+        ax.set(xlabel="false positive rate", ylabel="true positive rate",
+               title=f"ROC per label, score {score.score:.4f}")
         ax.legend(fontsize=6, loc="lower right")
     ax = axes[0, -1]
     ax.hist(list(durations_s), bins=min(30, max(5, len(durations_s) // 2)))
     ax.set(xlabel="seconds per series", ylabel="series",
-           title=f"p50 {timing.p50_s:.2f} s, p95 {timing.p95_s:.2f} s; projected {timing.projected_total_s / 3600:.2f} h")
+           title=f"p50 {timing.p50_s:.2f} s, p95 {timing.p95_s:.2f} s; "
+                 f"projected {timing.projected_total_s / 3600:.2f} h")
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -4,24 +4,37 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .errors import ConfigError
 
-__all__ = ["PreprocessConfig", "WindowConfig", "AggregationConfig", "config_hash"]
+__all__ = ["PreprocessConfig", "WindowConfig", "AggregationConfig", "config_hash", "setting", "help_text"]
+
+
+def setting(default: Any, help: str) -> Any:
+    """A config field with its default and its help line (the one place a setting is described: `--help`,
+    the docs and the trainer's presets all read it from the field's metadata)."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+def help_text(cls: type, name: str) -> str:
+    """The help line of field `name` of config dataclass `cls` ('' when it has none)."""
+    return next((f.metadata.get("help", "") for f in dataclasses.fields(cls) if f.name == name), "")
 
 
 @dataclass(frozen=True)
 class PreprocessConfig:
     """How a loaded volume becomes the uint8 (slices, size, size) stack both trainer and kernel see."""
 
-    image_size: int = 224  # output slices are image_size x image_size pixels
-    ct_window: tuple[float, float] = (0.0, 500.0)  # Hounsfield units mapped to [0, 255]
-    mr_percentiles: tuple[float, float] = (1.0, 99.0)  # MR intensities between these percentiles map to [0, 255]
-    percentile_stride: int = 4  # subsample every n-th voxel along each axis to estimate MR percentiles quickly
-    keep_aspect: bool = True  # pad each slice to a physical square (pixel spacing) before resizing
-    slice_spacing_mm: float | None = None  # resample the slice axis to this spacing; None keeps native slices
+    image_size: int = setting(224, "slices are resized to image_size x image_size (the model input size)")
+    ct_window: tuple[float, float] = setting((0.0, 500.0), "Hounsfield units mapped to 0..255")
+    mr_percentiles: tuple[float, float] = setting((1.0, 99.0), "MR intensities between these percentiles map to 0..255")
+    percentile_stride: int = setting(4, "every n-th voxel along each axis estimates the MR percentiles")
+    keep_aspect: bool = setting(True, "pad each slice to a physical square (pixel spacing) before resizing")
+    slice_spacing_mm: float | None = setting(None, "resample the slice axis to this spacing (null = native slices)")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ct_window", tuple(float(v) for v in self.ct_window))
@@ -43,10 +56,10 @@ class PreprocessConfig:
 class WindowConfig:
     """Which slices make one 2.5D window and how windows are scaled into model input."""
 
-    offsets: tuple[int, ...] = (-2, -1, 0, 1, 2)  # slice offsets of the channels around the centre slice
-    stride: int = 1  # centre slices visited: every stride-th slice
-    scale: float = 1.0 / 255.0  # model input = uint8 pixel * scale
-    batch_size: int = 16  # windows per onnxruntime run
+    offsets: tuple[int, ...] = setting((-2, -1, 0, 1, 2), "slice offsets of the window channels around the centre")
+    stride: int = setting(1, "the kernel visits every stride-th centre slice")
+    scale: float = setting(1.0 / 255.0, "model input = uint8 pixel * scale")
+    batch_size: int = setting(16, "windows per onnxruntime run in the kernel")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "offsets", tuple(int(v) for v in self.offsets))
@@ -66,10 +79,11 @@ class WindowConfig:
 class AggregationConfig:
     """How fold outputs and window probabilities become the 14 series probabilities."""
 
-    fold_average: Literal["prob", "logit"] = "prob"  # mean of fold probabilities, or sigmoid of mean logits
-    method: Literal["max", "topk_mean"] = "max"  # window -> series reduction per label
-    top_k: int = 3  # windows averaged by topk_mean
-    tta_flip: bool = False  # also run the left-right mirrored window and swap left/right labels back
+    fold_average: Literal["prob", "logit"] = setting("prob", "prob (mean of fold probabilities) or logit (sigmoid of "
+                                                     "the mean logit)")
+    method: Literal["max", "topk_mean"] = setting("max", "max or topk_mean: window -> series reduction per label")
+    top_k: int = setting(3, "windows averaged by topk_mean")
+    tta_flip: bool = setting(False, "also run the left-right mirrored window and swap left/right labels back")
 
     def __post_init__(self) -> None:
         if self.fold_average not in ("prob", "logit"):

@@ -40,6 +40,7 @@ from multiprocessing import shared_memory
 from pathlib import Path
 
 import numpy as np
+from pydicom import uid
 
 from .dicom_io import DEFAULT_BACKENDS, DicomFileError, read_dicom
 from .dicom_pixels import prefer_plugins
@@ -55,7 +56,7 @@ _ALIGN = 64
 # GDCM, pydicom's first JPEG 2000 plugin, decodes on about two threads (19.6 ms wall, 33 ms CPU per 512x512 slice
 # here): two such workers oversubscribe two cores. pylibjpeg-openjpeg uses one thread (29.8 ms), so workers
 # finish sooner on it. The other plugins stay as fallbacks inside the worker.
-_WORKER_PLUGINS = {"1.2.840.10008.1.2.4.90": "pylibjpeg", "1.2.840.10008.1.2.4.91": "pylibjpeg"}
+_WORKER_PLUGINS = {uid.JPEG2000Lossless: "pylibjpeg", uid.JPEG2000: "pylibjpeg"}
 
 try:  # pure-Python libraries, bundled by build_kernel.py; without them compressed files cannot be isolated
     import loky.backend

@@ -5,12 +5,12 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["ScannedHeader", "scan_header", "NATIVE_SYNTAXES"]
+from pydicom import uid
 
-IMPLICIT_LE = "1.2.840.10008.1.2"
-EXPLICIT_LE = "1.2.840.10008.1.2.1"
-NATIVE_SYNTAXES = (IMPLICIT_LE, EXPLICIT_LE)  # uncompressed; every encapsulated syntax is explicit VR LE
-_NOT_SCANNED = {"1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"}  # big endian, deflated
+__all__ = ["ScannedHeader", "scan_header"]
+
+_NATIVE_LE = (uid.ImplicitVRLittleEndian, uid.ExplicitVRLittleEndian)  # every encapsulated syntax is explicit VR LE
+_NOT_SCANNED = {uid.ExplicitVRBigEndian, uid.DeflatedExplicitVRLittleEndian}
 
 _UNDEFINED = 0xFFFFFFFF
 _LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT", b"SV", b"UV"}
@@ -91,7 +91,7 @@ def _scan(buf: Any) -> ScannedHeader | None:
         return None
     if not ts or ts in _NOT_SCANNED:
         return None
-    explicit = ts != IMPLICIT_LE
+    explicit = ts != uid.ImplicitVRLittleEndian
     header = ScannedHeader(transfer_syntax=ts)
     while pos + 8 <= size:
         group, elem = _TAG.unpack_from(buf, pos)
@@ -101,7 +101,7 @@ def _scan(buf: Any) -> ScannedHeader | None:
             return None
         if tag == _PIXEL_DATA:
             encapsulated = length == _UNDEFINED
-            if encapsulated == (ts in NATIVE_SYNTAXES):
+            if encapsulated == (ts in _NATIVE_LE):
                 return None  # native data must have a length, encapsulated data must not
             if encapsulated and not _complete_items(buf, value_pos):
                 return None  # truncated encapsulated data: pydicom words the error

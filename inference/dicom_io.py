@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydicom import uid
 from pydicom.uid import UID
 
 from .dicom_header import scan_header
@@ -36,7 +37,7 @@ __all__ = [
 # (segmentation fault) on a truncated file, which would cost the series instead of one file.
 DEFAULT_BACKENDS: tuple[str, ...] = ("fast", "pydicom")
 
-_UNCOMPRESSED_LE = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}
+_UNCOMPRESSED_LE = {uid.ImplicitVRLittleEndian, uid.ExplicitVRLittleEndian}
 _PER_FRAME = "PerFrameFunctionalGroupsSequence"
 _SHARED = "SharedFunctionalGroupsSequence"
 
@@ -195,7 +196,6 @@ def _read_fast(path: Path, decode: bool = True) -> DicomImage:
 
 def _read_pydicom(path: Path, decode: bool = True) -> DicomImage:
     import pydicom
-    from pydicom.uid import UID
 
     try:
         ds = pydicom.dcmread(path, force=True)
@@ -210,7 +210,8 @@ def _read_pydicom(path: Path, decode: bool = True) -> DicomImage:
         raise DicomFileError("missing or zero Rows/Columns")
     if not ts:
         implicit, little = ds.original_encoding
-        ts = UID("1.2.840.10008.1.2" if implicit else "1.2.840.10008.1.2.1" if little else "1.2.840.10008.1.2.2")
+        ts = uid.ImplicitVRLittleEndian if implicit else uid.ExplicitVRLittleEndian if little else \
+            uid.ExplicitVRBigEndian
         ds.file_meta = ds.get("file_meta") or pydicom.dataset.FileMetaDataset()
         ds.file_meta.TransferSyntaxUID = ts
     notes: list[str] = []

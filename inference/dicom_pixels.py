@@ -5,6 +5,7 @@ import logging
 from typing import Any
 
 import numpy as np
+from pydicom import uid
 
 __all__ = [
     "native_frames",
@@ -21,7 +22,7 @@ LOGGER = logging.getLogger(__name__)
 
 # CharLS through pyjpegls decodes JPEG-LS about 1.5x faster than GDCM (pydicom's first choice) and 3.5x faster
 # than pylibjpeg-libjpeg here; for the other syntaxes pydicom's own order is as fast as any.
-_PREFERRED_PLUGIN = {"1.2.840.10008.1.2.4.80": "pyjpegls", "1.2.840.10008.1.2.4.81": "pyjpegls"}
+_PREFERRED_PLUGIN = {uid.JPEGLSLossless: "pyjpegls", uid.JPEGLSNearLossless: "pyjpegls"}
 
 
 def prefer_plugins(preferences: dict[str, str]) -> None:
@@ -100,7 +101,7 @@ def count_encapsulated_frames(pixel_data: bytes, transfer_syntax: str, *, hint: 
                 continue
             fragments += 1
             head = bytes(fragment[:12])
-            if transfer_syntax == "1.2.840.10008.1.2.5" or head.startswith((b"\xff\xd8", b"\xff\x4f\xff\x51")) \
+            if transfer_syntax == uid.RLELossless or head.startswith((b"\xff\xd8", b"\xff\x4f\xff\x51")) \
                     or head[4:12] == b"jP  \r\n\x87\n":
                 starts += 1
     except Exception:  # noqa: BLE001 - truncated data: count what was readable

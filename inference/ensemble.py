@@ -14,7 +14,7 @@ from .errors import InferenceError, ManifestError
 from .labels import LABELS, LR_SWAP_INDEX
 from .manifest import Manifest
 
-__all__ = ["FoldEnsemble", "load_ensemble", "default_providers", "sigmoid", "session_options"]
+__all__ = ["FoldEnsemble", "load_ensemble", "choose_providers", "sigmoid", "session_options"]
 
 log = logging.getLogger(__name__)
 
@@ -33,14 +33,27 @@ def _cpu_count() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def default_providers() -> list[str]:
-    """CUDA first when this onnxruntime build offers it, CPU always as the fallback (logged loudly)."""
+def choose_providers() -> list[str]:
+    """CUDA first when this onnxruntime build can use it, CPU always as the fallback (logged loudly).
+
+    onnxruntime-gpu does not ship the CUDA libraries: `onnxruntime.preload_dlls()` (onnxruntime >= 1.21) loads the
+    ones pip-installed with torch (nvidia-* wheels), which Kaggle's image has. The one place the kit decides which
+    providers the fold sessions ask for.
+    """
     available = ort.get_available_providers()
-    if "CUDAExecutionProvider" in available:
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    log.warning("onnxruntime: CUDAExecutionProvider not available (providers: %s); RUNNING ON CPU",
-                ", ".join(available))
-    return ["CPUExecutionProvider"]
+    log.info("onnxruntime %s, providers available: %s", ort.__version__, ", ".join(available))
+    if "CUDAExecutionProvider" not in available:
+        log.warning("!!! onnxruntime has no CUDAExecutionProvider (CPU build or no GPU): RUNNING ON CPU !!!")
+        return ["CPUExecutionProvider"]
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is not None:
+        try:
+            preload()  # prints each library it cannot load, and does not raise for them
+            log.info("onnxruntime.preload_dlls() done (any 'Failed to load' lines above name missing CUDA/cuDNN "
+                     "libraries: onnxruntime-gpu %s must match the image's CUDA major version)", ort.__version__)
+        except Exception as exc:  # a missing library shows up later as a CPU fallback
+            log.warning("onnxruntime.preload_dlls() failed (%s); relying on the system's CUDA libraries", exc)
+    return ["CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
 def session_options(*, threads: int | None = None) -> ort.SessionOptions:
@@ -100,7 +113,8 @@ class FoldEnsemble:
             raise InferenceError(f"fold {fold}: onnxruntime failed on a batch of shape {batch.shape}: {exc}") from exc
         logits = np.asarray(logits, dtype=np.float64)
         if logits.shape != (batch.shape[0], len(LABELS)):
-            raise InferenceError(f"fold {fold}: output shape {logits.shape}, expected ({batch.shape[0]}, {len(LABELS)})")
+            raise InferenceError(f"fold {fold}: output shape {logits.shape}, "
+                                 f"expected ({batch.shape[0]}, {len(LABELS)})")
         if not np.isfinite(logits).all():
             raise InferenceError(f"fold {fold}: non-finite logits on a batch of {batch.shape[0]} windows")
         return logits
@@ -171,7 +185,7 @@ def load_ensemble(bundle_dir: str | Path, *, providers: Sequence[str] | None = N
         if unknown or not wanted:
             raise ManifestError(f"folds {wanted} requested; the manifest has folds {sorted(known)}")
         entries = [e for e in entries if e.fold in wanted]
-    chosen = list(providers) if providers is not None else default_providers()
+    chosen = list(providers) if providers is not None else choose_providers()
     options = session_options(threads=threads)
     sessions = []
     for entry in entries:

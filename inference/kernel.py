@@ -7,6 +7,7 @@ from __future__ import annotations
 # right after the thread starts), Python handed one thread the half-built module and the kernel died with
 # "cannot import name '__cpu_features__' from partially initialized module".
 import argparse
+import json
 import logging
 import os
 import shutil
@@ -14,14 +15,13 @@ import sys
 import tempfile
 import threading
 import time
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime
+import onnxruntime  # noqa: F401 - imported now, on the main thread (see above)
 import polars as pl
 
 from . import ensemble, gateway, load, normalize  # noqa: F401 - imported now, on the main thread (see above)
@@ -29,8 +29,8 @@ from .decode_pool import DecodeLimits, DecodePool
 from .labels import LABELS
 from .predict import UNIFORM_PRIOR, Predictor, SeriesReport, probabilities_frame
 
-__all__ = ["predict", "main", "KernelConfig", "KernelRuntime", "install_runtime", "prepare_onnxruntime",
-           "import_kaggle_server", "ENV", "COMPETITION_DIR_DEFAULT", "RUN_RECORD_NAME"]
+__all__ = ["predict", "main", "KernelConfig", "KernelRuntime", "install_runtime", "import_kaggle_server", "ENV",
+           "COMPETITION_DIR_DEFAULT", "RUN_RECORD_NAME"]
 
 log = logging.getLogger(__name__)
 
@@ -128,29 +128,6 @@ class KernelConfig:
         )
 
 
-def prepare_onnxruntime() -> list[str]:
-    """Make onnxruntime-gpu find CUDA/cuDNN, and choose the providers (CUDA first, CPU fallback, logged loudly).
-
-    onnxruntime-gpu does not ship the CUDA libraries: `onnxruntime.preload_dlls()` (onnxruntime >= 1.21) loads the
-    ones pip-installed with torch (nvidia-* wheels), which Kaggle's image has.
-    """
-    available = onnxruntime.get_available_providers()
-    log.info("onnxruntime %s, providers available: %s", onnxruntime.__version__, ", ".join(available))
-    if "CUDAExecutionProvider" not in available:
-        log.warning("!!! onnxruntime has no CUDAExecutionProvider (CPU build or no GPU): RUNNING ON CPU !!!")
-        return ["CPUExecutionProvider"]
-    preload = getattr(onnxruntime, "preload_dlls", None)
-    if preload is not None:
-        try:
-            preload()  # prints each library it cannot load, and does not raise for them
-            log.info("onnxruntime.preload_dlls() done (any 'Failed to load' lines above name missing CUDA/cuDNN "
-                     "libraries: onnxruntime-gpu %s must match the image's CUDA major version)",
-                     onnxruntime.__version__)
-        except Exception as exc:  # a missing library shows up later as a CPU fallback
-            log.warning("onnxruntime.preload_dlls() failed (%s); relying on the system's CUDA libraries", exc)
-    return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-
-
 class KernelRuntime:
     """The kernel's side of the evaluation API: the Predictor, its decoding pool, the share-folder cleanup.
 
@@ -230,7 +207,7 @@ def install_runtime(config: KernelConfig | None = None) -> KernelRuntime:
 
 def _safe_providers() -> list[str]:
     try:
-        return prepare_onnxruntime()
+        return ensemble.choose_providers()
     except Exception as exc:  # noqa: BLE001
         log.warning("!!! cannot prepare onnxruntime (%s): RUNNING ON CPU !!!", exc)
         return ["CPUExecutionProvider"]

@@ -101,7 +101,7 @@ def load_series(
             images = [im for im in images if im.path not in gone and im.pixels is not None]
             stack = _choose_stack(images)
             notes = stack.notes
-        for path, reason in failures:
+        for _, reason in failures:
             LOGGER.warning("%s: skipped %s", folder.name, reason)
         dropped = [f"skipped {reason}" for _, reason in failures]
         if not images:

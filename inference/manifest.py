@@ -229,7 +229,3 @@ class Manifest:
                                 f"(file replaced or corrupted: re-export or rewrite the manifest)")
         if problems:
             raise ManifestError(f"weights manifest in {folder} is inconsistent: " + "; ".join(problems))
-
-    def fold_paths(self, folder: str | Path) -> list[Path]:
-        """Absolute paths of the fold files."""
-        return [Path(folder) / f.file for f in self.folds]

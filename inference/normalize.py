@@ -1,4 +1,4 @@
-"""Turn a loaded `Volume` into the uint8 (Z, S, S) stack the model sees: the one preprocessing path of trainer and kernel."""
+"""A loaded `Volume` -> the uint8 (Z, S, S) stack the model sees: the one preprocessing path of trainer and kernel."""
 from __future__ import annotations
 
 import logging
@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 
 from .config import PreprocessConfig
-from .errors import ConfigError
+from .errors import InferenceError
 from .volume import Volume
 
 __all__ = ["PreparedVolume", "SliceGeometry", "SlicePlan", "preprocess_volume", "plan_slices", "prepare_slices",
@@ -76,7 +76,7 @@ def slice_geometry(rows: int, cols: int, row_spacing: float, col_spacing: float,
     The slice is padded (centred) to a physical square: its longer physical side fills the output.
     """
     if rows < 1 or cols < 1:
-        raise ConfigError(f"slice shape must be positive, got {(rows, cols)}")
+        raise InferenceError(f"slice shape must be positive, got {(rows, cols)}")
     if not keep_aspect:
         return SliceGeometry(rows, cols, size, size, size, 0, 0)
     rs = row_spacing if np.isfinite(row_spacing) and row_spacing > 0 else 1.0
@@ -128,7 +128,7 @@ def plan_slices(volume: Volume, cfg: PreprocessConfig) -> SlicePlan:
     """
     pixels = volume.pixels
     if pixels.ndim != 3 or min(pixels.shape) < 1:
-        raise ConfigError(f"series {volume.series_uid}: expected a non-empty 3D volume, got shape {pixels.shape}")
+        raise InferenceError(f"series {volume.series_uid}: expected a non-empty 3D volume, got shape {pixels.shape}")
     low, high = intensity_range(volume, cfg)
     if volume.modality.upper() == "CT":
         s = cfg.percentile_stride

@@ -1,4 +1,4 @@
-"""Predictor: one series folder -> 14 probabilities with the bundle's fold ensemble, within a time budget; never raises."""
+"""Predictor: one series folder -> 14 probabilities from the fold ensemble, within a time budget; never raises."""
 from __future__ import annotations
 
 import logging
@@ -191,7 +191,7 @@ class Predictor:
     def load(self) -> bool:
         """Build the fold sessions now; False (logged) when they cannot be built: every series gets the priors."""
         try:
-            self.ensemble
+            _ = self.ensemble
             return True
         except Exception as exc:
             log.error("!!! the fold ensemble failed to load: %s: %s; every series gets the priors !!!",
@@ -281,9 +281,10 @@ class Predictor:
                 probs = result[0]
             else:
                 self._stuck.append(worker)
+                waited = self.budget_s + self.watchdog_grace_s
                 report.answer, report.error = "priors", (
-                    f"no answer {self.budget_s + self.watchdog_grace_s:.0f} s into the call (budget {self.budget_s:.0f} s);"
-                    " the work was left running in the background")
+                    f"no answer {waited:.0f} s into the call (budget {self.budget_s:.0f} s); the work was left running"
+                    " in the background")
                 log.error("series %s: %s; returning priors", report.series_uid, report.error)
                 probs = self.priors
         report.total_s = time.monotonic() - start

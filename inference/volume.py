@@ -43,7 +43,8 @@ class CanonicalTransform:
         flip_axes = tuple(c for c, f in enumerate(self.flips) if f)
         return np.flip(out, axis=flip_axes) if flip_axes else out
 
-    def point(self, stack_index: tuple[float, float, float], stack_shape: tuple[int, int, int]) -> tuple[float, float, float]:
+    def point(self, stack_index: tuple[float, float, float],
+              stack_shape: tuple[int, int, int]) -> tuple[float, float, float]:
         """Map a (k, i, j) stack coordinate (may be fractional) to its (slice, row, col) canonical coordinate."""
         out = []
         for c in range(3):

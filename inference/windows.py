@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .config import WindowConfig
-from .errors import ConfigError
+from .errors import ConfigError, InferenceError
 
 __all__ = ["WindowBatch", "window_centres", "window_indices", "build_batch", "iter_window_batches"]
 
@@ -23,7 +23,7 @@ class WindowBatch:
 def window_centres(num_slices: int, *, stride: int = 1) -> np.ndarray:
     """The centre slices visited: 0, stride, 2*stride, ... < num_slices."""
     if num_slices < 1:
-        raise ConfigError(f"a window needs at least one slice, got num_slices={num_slices}")
+        raise InferenceError(f"a window needs at least one slice, got num_slices={num_slices}")
     if stride < 1:
         raise ConfigError(f"stride must be >= 1, got {stride}")
     return np.arange(0, num_slices, stride, dtype=np.int64)
@@ -48,7 +48,7 @@ def window_indices(num_slices: int, offsets, *, stride: int = 1, centres=None) -
     if centres is None:
         centres = window_centres(num_slices, stride=stride)
     elif num_slices < 1:
-        raise ConfigError(f"a window needs at least one slice, got num_slices={num_slices}")
+        raise InferenceError(f"a window needs at least one slice, got num_slices={num_slices}")
     centres = np.asarray(centres, dtype=np.int64).reshape(-1)
     return np.clip(centres[:, None] + offsets[None, :], 0, num_slices - 1)
 
@@ -59,10 +59,10 @@ def build_batch(stack_u8: np.ndarray, indices: np.ndarray, *, scale: float, dtyp
     Only the batch is gathered (fancy indexing into the one stack): the volume is never copied per channel.
     """
     if stack_u8.ndim != 3:
-        raise ConfigError(f"stack must be (Z, S, S), got shape {stack_u8.shape}")
+        raise InferenceError(f"stack must be (Z, S, S), got shape {stack_u8.shape}")
     indices = np.asarray(indices)
     if indices.ndim != 2:
-        raise ConfigError(f"indices must be (N, C), got shape {indices.shape}")
+        raise InferenceError(f"indices must be (N, C), got shape {indices.shape}")
     dtype = np.dtype(dtype)
     out = np.empty((*indices.shape, *stack_u8.shape[1:]), dtype=dtype)
     np.multiply(stack_u8[indices], dtype.type(scale), out=out, dtype=dtype)

@@ -14,6 +14,7 @@ from .dataset import (
     draw_split,
     make_dataset,
     random_acquisition,
+    write_mirrored_test_split,
 )
 from .dicom_writer import STRIPPED_KEYWORDS, LocalizerRow, localizer_rows, stored_pixels, write_series
 from .render import MODALITY_INTENSITIES, Intensities, blob_level, render_volume
@@ -50,4 +51,5 @@ __all__ = [
     "random_acquisition",
     "draw_split",
     "make_dataset",
+    "write_mirrored_test_split",
 ]

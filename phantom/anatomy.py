@@ -1,8 +1,8 @@
 """An analytic head in patient millimetres (LPS): skull, brain, a circle-of-Willis vessel tree and aneurysm blobs."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 

@@ -6,10 +6,10 @@ import logging
 import math
 import shutil
 import time
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -292,3 +292,25 @@ def make_dataset(out_dir: str | Path, *, series: int = 60, test_series: int = 30
     logger.info("wrote %d train + %d test series (%d files) to %s in %.1f s", summary.train_series,
                 summary.test_series, summary.files, root, summary.seconds)
     return summary
+
+
+def write_mirrored_test_split(out_dir: str | Path, *, test_series: int, seed: int,
+                              config: PhantomConfig | None = None, **options) -> Path:
+    """Write the test split of `make_dataset(..., test_series=test_series, seed=seed)` with mirrored storage.
+
+    Same anatomy, labels and series UIDs; only the storage changes (rows and columns both flipped), so canonical
+    volumes, predictions and location scores must not change: the left/right check of the loader, the trainer
+    and the kernel together.
+
+    Returns:
+        The folder holding test.csv, test_labels.csv and series/<uid>/.
+    """
+    config = replace(config or PhantomConfig(), **options)
+    specs = draw_split(test_series, seed=seed, split="test", config=config, force_coverage=config.force_test_coverage)
+    mirrored = [spec.with_acquisition(flip_cols=not spec.acquisition.flip_cols,
+                                      flip_rows=not spec.acquisition.flip_rows) for spec in specs]
+    root = Path(out_dir)
+    _write_split(mirrored, root / "series", "mirrored test", 1, False)
+    _write_csv(root / "test.csv", (ID_COLUMN,), [[s.series_uid] for s in mirrored])
+    _write_csv(root / "test_labels.csv", TRAIN_COLUMNS, _label_rows(mirrored))
+    return root

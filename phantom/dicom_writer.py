@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from pydicom import uid
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import (
@@ -33,10 +34,10 @@ STRIPPED_KEYWORDS = frozenset({
 })
 
 _SOP_CLASS = {
-    ("CT", False): "1.2.840.10008.5.1.4.1.1.2",  # CT Image Storage
-    ("CT", True): "1.2.840.10008.5.1.4.1.1.2.1",  # Enhanced CT Image Storage
-    ("MR", False): "1.2.840.10008.5.1.4.1.1.4",  # MR Image Storage
-    ("MR", True): "1.2.840.10008.5.1.4.1.1.4.1",  # Enhanced MR Image Storage
+    ("CT", False): uid.CTImageStorage,
+    ("CT", True): uid.EnhancedCTImageStorage,
+    ("MR", False): uid.MRImageStorage,
+    ("MR", True): uid.EnhancedMRImageStorage,
 }
 _TRANSFER_SYNTAX = {"jpeg2000": JPEG2000Lossless, "jpegls": JPEGLSLossless, "rle": RLELossless}
 _ENCODER_PLUGIN = {"jpeg2000": "pylibjpeg", "jpegls": "pyjpegls", "rle": "pylibjpeg"}
@@ -226,15 +227,15 @@ def write_series(spec: SeriesSpec, folder: str | Path) -> list[LocalizerRow]:
         return localizer_rows(spec)
 
     template = _base_dataset(spec, storage, uids[0])
-    for k, (uid, ipp) in enumerate(zip(uids, positions)):
+    for k, (sop_uid, ipp) in enumerate(zip(uids, positions)):
         # a new element dict sharing the template's (never mutated) elements: much cheaper than rebuilding
         ds = Dataset(dict(template.items()))
         meta = FileMetaDataset(dict(template.file_meta.items()))
-        meta.MediaStorageSOPInstanceUID = uid
+        meta.MediaStorageSOPInstanceUID = sop_uid
         ds.file_meta = meta
-        ds.SOPInstanceUID = uid
+        ds.SOPInstanceUID = sop_uid
         ds.InstanceNumber = k + 1
         ds.ImagePositionPatient = [_ds(v) for v in ipp]
         ds.SliceLocation = _ds(float(ipp @ normal))
-        _finish(ds, storage.pixels[k], spec, folder / f"{uid}.dcm")
+        _finish(ds, storage.pixels[k], spec, folder / f"{sop_uid}.dcm")
     return localizer_rows(spec)

@@ -1,8 +1,8 @@
 """SeriesSpec: everything that determines one synthetic series (anatomy, acquisition, modality, identity)."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Sequence
 
 import numpy as np
 from pydicom.uid import generate_uid

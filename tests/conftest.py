@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import fields, replace
 from pathlib import Path
-from typing import Callable
 
 import pytest
 

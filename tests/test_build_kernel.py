@@ -6,7 +6,6 @@ import dataclasses
 import io
 import json
 import re
-import os
 import shutil
 import subprocess
 import sys
@@ -18,12 +17,15 @@ import polars as pl
 import pytest
 
 import build_kernel
-from build_kernel import BuildError, BuildOptions, build, cells_from_py, runtime_modules
+from bundle import BuildError, BuildOptions, build
+from bundle.checks import ORT_MAX_OPSET, max_opset
+from bundle.modules import VENDORED_PACKAGES, runtime_modules
+from bundle.notebook import TEMPLATE, cells_from_py, kernel_cells
+from bundle.options import BUNDLE_MARKER
 from inference.config import AggregationConfig, PreprocessConfig, WindowConfig
 from inference.labels import COMPETITION_SLUG, ID_COLUMN, LABELS
 from inference.manifest import Manifest, sha256_file
 from inference.predict import Predictor
-
 from tests.kernel_env import clean_kernel_env
 from tests.onnx_models import PlantedModel, export_onnx, write_bundle
 
@@ -74,7 +76,7 @@ def test_dataset_holds_runtime_package_and_weights(built, weights):
     assert all(p.suffix == ".py" for p in (dataset / "inference").iterdir())
     assert "metric" not in package  # scoring stays in the development package
     assert not any(f.split("/")[0] in ("phantom", "training", "tests", "scripts", "evaluation") for f in files)
-    for name in build_kernel.VENDORED_PACKAGES:  # pure-Python runtime libraries travel in vendor/
+    for name in VENDORED_PACKAGES:  # pure-Python runtime libraries travel in vendor/
         assert (dataset / "vendor" / name / "__init__.py").is_file()
     assert "train_minimal.py" not in files and "build_kernel.py" not in files
     bundled = Manifest.read(dataset / "weights", verify=True)
@@ -82,7 +84,7 @@ def test_dataset_holds_runtime_package_and_weights(built, weights):
     source = Manifest.read(weights, verify=True)
     assert [f.sha256 for f in bundled.folds] == [f.sha256 for f in source.folds]
     assert [sha256_file(dataset / "weights" / f.file) for f in bundled.folds] == [f.sha256 for f in source.folds]
-    marker = json.loads((dataset / build_kernel.BUNDLE_MARKER).read_text())
+    marker = json.loads((dataset / BUNDLE_MARKER).read_text())
     assert marker["dataset_id"] == "tester/rsna-aneurysm-kit-bundle" and marker["opsets"]
     for part in ("runtime package", "weights fold 0", "weights fold 1", "kernel", "total"):
         assert part in built["stdout"]
@@ -118,6 +120,20 @@ def test_notebook_is_valid_nbformat4_and_equals_py_twin(built):
         compile(source, "cell", "exec")
     code = "\n".join(sources)
     assert "--no-index" in code and "--find-links" in code and "kernel_main" in code
+    assert sources == kernel_cells(dataset_slug="rsna-aneurysm-kit-bundle")  # the template, names filled in
+    assert "'rsna-aneurysm-kit-bundle'" in code and repr(BUNDLE_MARKER) in code and "__DATASET_SLUG__" not in code
+
+
+def test_the_notebook_template_is_a_real_python_file():
+    source = TEMPLATE.read_text()
+    compile(source, str(TEMPLATE), "exec")  # linters and tests read it as code, not as strings in build_kernel.py
+    assert len(cells_from_py(source)) == 3
+
+
+def test_an_onnxruntime_release_unknown_to_the_opset_table_fails_loudly():
+    assert max_opset("1.22.0") == ORT_MAX_OPSET[(1, 22)]
+    with pytest.raises(BuildError, match="does not know which opsets onnxruntime 1.27.1 implements"):
+        max_opset("1.27.1")
 
 
 def test_bundled_kernel_runs_offline_in_a_clean_process(built, phantom_test, tmp_path_factory):
@@ -251,13 +267,20 @@ def test_fold_subset_and_wheel_dir(weights, tmp_path):
     assert requirements == ["onnxruntime-gpu==1.20.0", "pydicom==3.0.2"]
     assert any(row[0] == "wheel onnxruntime-gpu 1.20.0" for row in result.sizes)
 
-    old = tmp_path / "old-wheels"
-    old.mkdir()
-    with zipfile.ZipFile(old / "onnxruntime_gpu-1.11.0-cp311-cp311-manylinux_2_28_x86_64.whl", "w") as archive:
-        archive.writestr("placeholder.txt", "old")
-    with pytest.raises(BuildError, match="implements opsets up to"):
-        build(BuildOptions(weights=weights, out=tmp_path / "dist2", wheel_dir=old,
-                           wheel_packages=("onnxruntime-gpu",)))
+    newer = tmp_path / "opset18"  # a fold exported at opset 18 cannot run on onnxruntime 1.13 (opset 17)
+    newer.mkdir()
+    windows = WindowConfig(offsets=(-1, 0, 1), batch_size=16)
+    onnx = export_onnx(PlantedModel(windows.channels), newer / "fold0.onnx", channels=windows.channels, size=SIZE,
+                       opset=18)
+    write_bundle(newer, [onnx], preprocess=PreprocessConfig(image_size=SIZE), windows=windows)
+    for version, match in (("1.13.0", "implements opsets up to 17"), ("1.11.0", "does not know which opsets")):
+        old = tmp_path / f"wheels-{version}"
+        old.mkdir()
+        with zipfile.ZipFile(old / f"onnxruntime_gpu-{version}-cp311-cp311-manylinux_2_28_x86_64.whl", "w") as archive:
+            archive.writestr("placeholder.txt", "old")
+        with pytest.raises(BuildError, match=match):
+            build(BuildOptions(weights=newer, out=tmp_path / f"dist-{version}", wheel_dir=old,
+                               wheel_packages=("onnxruntime-gpu",)))
 
 
 def test_runtime_modules_follow_imports_and_refuse_torch(tmp_path):

@@ -122,7 +122,8 @@ def test_dtype_mismatch_and_unknown_fold_fail_at_load(tmp_path, planted_files):
 
 
 def test_model_that_raises_gives_an_inference_error(tmp_path):
-    write_bundle(tmp_path, [raising_model(tmp_path / "bad.onnx", size=SIZE)], preprocess=PreprocessConfig(image_size=SIZE))
+    write_bundle(tmp_path, [raising_model(tmp_path / "bad.onnx", size=SIZE)],
+                 preprocess=PreprocessConfig(image_size=SIZE))
     ensemble = load_ensemble(tmp_path, providers=CPU)
     with pytest.raises(InferenceError, match="fold 0: onnxruntime failed"):
         ensemble.predict_windows(_windows())
@@ -142,3 +143,16 @@ def test_default_providers_fall_back_to_cpu_loudly(tmp_path, planted_files, capl
     options = ensemble.sessions[0].get_session_options()
     assert options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     assert options.intra_op_num_threads >= 1
+
+
+def test_choose_providers_preloads_cuda_libraries_when_cuda_is_offered(monkeypatch):
+    import onnxruntime as ort
+
+    from inference.ensemble import choose_providers
+
+    preloaded = []
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(ort, "preload_dlls", lambda: preloaded.append(True), raising=False)
+    assert choose_providers() == ["CUDAExecutionProvider", "CPUExecutionProvider"] and preloaded == [True]
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    assert choose_providers() == ["CPUExecutionProvider"] and preloaded == [True]

@@ -28,10 +28,10 @@ from pydicom.uid import (
 )
 
 import phantom
+from inference.decode_pool import DecodeJob, DecodeLimits, DecodePool
 from inference.dicom_io import DicomFileError, read_dicom
 from inference.dicom_pixels import count_encapsulated_frames
 from inference.errors import SeriesLoadError
-from inference.decode_pool import DecodeJob, DecodeLimits, DecodePool
 from inference.load import load_series
 
 
@@ -236,7 +236,7 @@ def _acquire(hu: np.ndarray, row_dir, col_dir):
     r, c = np.asarray(row_dir, float), np.asarray(col_dir, float)
     (ar, sr), (ac, sc), (an, sn) = _axis(r), _axis(c), _axis(np.cross(r, c))
     rows, cols, slices = dims[ac], dims[ar], dims[an]
-    J, I = np.meshgrid(np.arange(cols), np.arange(rows))
+    J, I = np.meshgrid(np.arange(cols), np.arange(rows))  # noqa: E741 - the image index names of the DICOM standard
     images, positions, index_maps = [], [], []
     for k in range(slices):
         idx = [None, None, None]

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from inference.labels import LABELS, LOCATION_LABELS, PRESENT_INDEX
 from evaluation.metric import MetricError, competition_score, roc_auc
+from inference.labels import LABELS, LOCATION_LABELS, PRESENT_INDEX
 
 sklearn_metrics = pytest.importorskip("sklearn.metrics")
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from inference.config import PreprocessConfig
-from inference.errors import ConfigError
+from inference.errors import InferenceError
 from inference.normalize import preprocess_volume, slice_geometry
 from inference.volume import Volume
 
@@ -108,10 +108,10 @@ def test_slice_resampling_interpolates_and_maps_coordinates():
     assert same.num_slices == 4
 
 
-def test_bad_volume_raises_config_error():
-    with pytest.raises(ConfigError, match="3D"):
+def test_bad_volume_raises_inference_error():
+    with pytest.raises(InferenceError, match="3D"):
         preprocess_volume(_volume(np.zeros((8, 8))), PreprocessConfig(image_size=8))
-    with pytest.raises(ConfigError):
+    with pytest.raises(InferenceError):
         slice_geometry(0, 4, 1.0, 1.0, size=8)
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-
 from conftest import PHANTOM_FIXTURE_OPTIONS, PHANTOM_FIXTURE_SEED, PHANTOM_FIXTURE_SERIES, small_acquisition
+
 from inference.errors import ConfigError
 from inference.labels import LABELS, LOCATION_LABELS, PRESENT_INDEX
 from inference.volume import canonical_transform
@@ -346,3 +346,21 @@ def test_cli(tmp_path):
     _, rows = read_csv(tmp_path / "d" / "train.csv")
     assert [r["Modality"] for r in rows] == ["MRA", "MRA"]
     assert (tmp_path / "d" / "test" / "test.csv").exists()
+
+
+def test_mirrored_test_split_stores_the_same_series_flipped(tmp_path):
+    import pydicom
+
+    from inference.load import load_series
+    from phantom import make_dataset, write_mirrored_test_split
+
+    options = dict(size=(32, 40), slices=(8, 10), compressed_fraction=0.0, non_axial_fraction=0.0, noise=0.0)
+    make_dataset(tmp_path / "data", series=0, test_series=3, seed=2, **options)
+    mirrored = write_mirrored_test_split(tmp_path / "mirrored", test_series=3, seed=2, **options)
+    assert (mirrored / "test_labels.csv").read_text() == (tmp_path / "data" / "test" / "test_labels.csv").read_text()
+    for folder in sorted((tmp_path / "data" / "test" / "series").iterdir()):
+        twin = mirrored / "series" / folder.name
+        a, b = (pydicom.dcmread(next(f.glob("*.dcm"))) for f in (folder, twin))
+        assert a.ImageOrientationPatient != b.ImageOrientationPatient  # stored the other way round
+        np.testing.assert_allclose(load_series(twin, in_process=True).pixels,
+                                   load_series(folder, in_process=True).pixels, atol=1e-3)  # same canonical volume

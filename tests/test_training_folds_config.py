@@ -6,11 +6,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from evaluation.metric import score_by_modality, score_predictions
 from inference.errors import ConfigError
 from inference.labels import LABELS, PRESENT_INDEX
 from training.config import TrainConfig, apply_overrides, describe_keys, load_config
 from training.folds import make_folds
-from evaluation.metric import score_by_modality, score_predictions
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -55,7 +55,7 @@ def test_presets_load_and_overrides_apply():
     cfg = load_config(ROOT / "configs" / "tiny.yaml",
                       ["train.epochs=3", "sampling.guard=false", "windows.offsets=[-1, 0, 1]", "train.folds=[0, 2]"])
     assert cfg.train.epochs == 3 and cfg.sampling.guard is False
-    assert cfg.windows.offsets == (-1, 0, 1) and cfg.train.folds == [0, 2]
+    assert cfg.windows.offsets == (-1, 0, 1) and cfg.train.folds == (0, 2)
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg  # round trip (what provenance stores)
 
 
@@ -89,7 +89,7 @@ def test_cli_help_documents_every_key_and_flags_map_to_config(capsys):
         ["--data-dir", "d", "--config", str(ROOT / "configs" / "tiny.yaml"), "--folds", "0,2", "--no-guard",
          "--epochs", "2", "--set", "train.lr=0.01", "--fp16"])
     cfg = train_minimal.config_from_args(args)
-    assert cfg.train.folds == [0, 2] and not cfg.sampling.guard and cfg.train.epochs == 2
+    assert cfg.train.folds == (0, 2) and not cfg.sampling.guard and cfg.train.epochs == 2
     assert cfg.train.lr == 0.01 and cfg.export.fp16
 
 

@@ -10,8 +10,18 @@ from inference.labels import LABELS, LEFT_RIGHT_PAIRS, LOCATION_LABELS, PRESENT_
 from training.augment import WindowAugment, flip_lr
 from training.config import AugmentConfig, SamplingConfig
 from training.localizers import PreparedPoint
-from training.sampling import (INFERENCE, ROI, CachedSeries, assign_regimes, draw_epoch, normalized_coords,
-                               roi_box, roi_crop, window_at, window_labels)
+from training.sampling import (
+    INFERENCE,
+    ROI,
+    CachedSeries,
+    assign_regimes,
+    draw_epoch,
+    normalized_coords,
+    roi_box,
+    roi_crop,
+    window_at,
+    window_labels,
+)
 
 LEFT_MCA = LABELS.index("Left Middle Cerebral Artery")
 BASILAR = LABELS.index("Basilar Tip")
@@ -30,7 +40,8 @@ def test_localizer_at_slice_k_makes_windows_k_minus_2_to_k_plus_2_positive_for_i
 
 
 def test_two_localizers_label_only_the_windows_near_each():
-    points = [PreparedPoint(z=5.0, row=1, col=1, location=LEFT_MCA), PreparedPoint(z=8.4, row=1, col=1, location=BASILAR)]
+    points = [PreparedPoint(z=5.0, row=1, col=1, location=LEFT_MCA),
+              PreparedPoint(z=8.4, row=1, col=1, location=BASILAR)]
     labels = window_labels(points, 7, radius=2)  # 5 and round(8.4)=8 both within 2
     assert labels[LEFT_MCA] == 1 and labels[BASILAR] == 1
     labels = window_labels(points, 3, radius=2)
@@ -73,7 +84,8 @@ def _series(n_pos: int = 6, n_neg: int = 6, slices: int = 40, size: int = 32) ->
         labels = np.zeros(len(LABELS), np.float32)
         if i < n_pos:
             loc = int(rng.integers(len(LOCATION_LABELS)))
-            points = [PreparedPoint(z=float(rng.integers(10, 30)), row=16.0, col=float(rng.integers(4, 28)), location=loc)]
+            points = [PreparedPoint(z=float(rng.integers(10, 30)), row=16.0, col=float(rng.integers(4, 28)),
+                                    location=loc)]
             labels[loc] = labels[PRESENT_INDEX] = 1
         out.append(CachedSeries(uid=str(i), modality="CTA", pixels=np.zeros((slices, size, size), np.uint8),
                                 points=points, labels=labels))
@@ -174,12 +186,16 @@ def test_augment_moves_the_point_with_the_image():
 
 
 def test_window_at_is_the_kernels_window():
-    from inference.windows import build_batch, window_indices
+    from inference.config import WindowConfig
+    from inference.windows import iter_window_batches
 
     stack = np.random.default_rng(0).integers(0, 255, (12, 8, 8), dtype=np.uint8)
-    expected = build_batch(stack, window_indices(12, (-2, -1, 0, 1, 2))[[0]], scale=1 / 255)[0]
-    assert np.array_equal(window_at(stack, 0, (-2, -1, 0, 1, 2), scale=1 / 255), expected)
-    assert np.array_equal(window_at(stack, 0, (-2, -1, 0, 1, 2), scale=1.0)[0], stack[0])  # clamped at the edge
+    cfg = WindowConfig(offsets=(-2, -1, 0, 1, 2), batch_size=5, scale=1 / 255)
+    kernel = np.concatenate([batch.inputs for batch in iter_window_batches(stack, cfg)])  # what the kernel scores
+    for centre in (0, 1, 6, 11):
+        np.testing.assert_array_equal(window_at(stack, centre, cfg.offsets, scale=cfg.scale), kernel[centre])
+    np.testing.assert_allclose(window_at(stack, 6, cfg.offsets, scale=1 / 255), stack[4:9] / 255, rtol=1e-6)
+    assert np.array_equal(window_at(stack, 0, cfg.offsets, scale=1.0)[:3], stack[[0, 0, 0]])  # clamped at the edge
 
 
 def test_hard_negatives_fill_their_share_of_the_negatives():

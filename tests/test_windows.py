@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from inference.config import WindowConfig
-from inference.errors import ConfigError
+from inference.errors import ConfigError, InferenceError
 from inference.windows import build_batch, iter_window_batches, window_indices
 
 
@@ -23,10 +23,15 @@ def test_window_indices_stride_and_single_slice():
     np.testing.assert_array_equal(window_indices(1, (-2, -1, 0, 1, 2)), [[0, 0, 0, 0, 0]])
 
 
-@pytest.mark.parametrize("args,kwargs", [((0, (0,)), {}), ((5, ()), {}), ((5, (0,)), {"stride": 0})])
-def test_window_indices_reject_bad_input(args, kwargs):
+@pytest.mark.parametrize("args,kwargs", [((5, ()), {}), ((5, (0,)), {"stride": 0})])
+def test_window_indices_reject_bad_settings(args, kwargs):
     with pytest.raises(ConfigError):
         window_indices(*args, **kwargs)
+
+
+def test_window_indices_reject_a_stack_without_slices():
+    with pytest.raises(InferenceError, match="at least one slice"):
+        window_indices(0, (0,))
 
 
 def test_build_batch_scales_the_indexed_slices():

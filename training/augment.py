@@ -1,7 +1,6 @@
 """Anatomy-keeping augmentations of one 2.5D window: L/R flip with label swap, small affine, intensity, noise, blur."""
 from __future__ import annotations
 
-
 import cv2
 import numpy as np
 

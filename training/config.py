@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 
 from inference.config import AggregationConfig, PreprocessConfig, WindowConfig, from_dict, to_dict
+from inference.config import setting as _f
 from inference.errors import ConfigError
 
 __all__ = [
@@ -24,13 +25,6 @@ __all__ = [
     "apply_overrides",
     "describe_keys",
 ]
-
-
-def _f(default: Any, help: str) -> Any:
-    """A dataclass field with a default and a help line (shown by `train_minimal.py --help`)."""
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
-    return field(default=default, metadata={"help": help})
 
 
 def _require_fractions(section: Any, prefix: str, names: tuple[str, ...]) -> None:
@@ -64,9 +58,9 @@ class SamplingConfig:
     label_radius: int = _f(2, "a window centred within this many slices of a localizer is positive for its location")
     positive_jitter: int = _f(2, "positive windows are centred up to this many slices from the localizer slice")
     negatives_per_positive: float = _f(2.0, "negative windows drawn per positive window")
-    negative_min_distance: int = _f(5, "negatives from positive series are at least this many slices from any localizer")
+    negative_min_distance: int = _f(5, "negatives from positive series lie at least this many slices from a localizer")
     positive_series_negative_share: float = _f(0.3, "share of negatives taken from positive series (far slices)")
-    same_level_share: float = _f(0.8, "share of negatives from negative series centred at the slice levels of positives")
+    same_level_share: float = _f(0.8, "share of negatives from negative series, at the slice levels of positives")
     guard: bool = _f(True, "inference-regime guard: positives often get identical streams + zero coordinates, "
                      "negatives random ROI crops + their coordinates; false = the flawed design (measure only)")
     positive_inference_share: float = _f(0.6, "with the guard: share of positives in the inference regime")
@@ -117,7 +111,7 @@ class TrainLoopConfig:
     """Folds, optimisation and checkpoints."""
 
     num_folds: int = _f(5, "K of the stratified K-fold split (Aneurysm Present x Modality)")
-    folds: list = _f([], "folds to train (empty = all); CLI: --folds 0,2")
+    folds: tuple[int, ...] = _f((), "folds to train (empty = all); CLI: --folds 0,2")
     epochs: int = _f(12, "epochs per fold")
     windows_per_epoch: int = _f(20000, "training windows sampled afresh each epoch")
     batch_size: int = _f(32, "windows per optimisation step (per process under torchrun)")
@@ -140,7 +134,7 @@ class TrainLoopConfig:
     mine_per_series: int = _f(3, "highest-scoring negative windows kept per mined series")
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "folds", [int(v) for v in self.folds])
+        object.__setattr__(self, "folds", tuple(int(v) for v in self.folds or ()))
         if self.num_folds < 2:
             raise ConfigError(f"train.num_folds must be >= 2, got {self.num_folds}")
         bad = [f for f in self.folds if not 0 <= f < self.num_folds]
@@ -210,7 +204,7 @@ class TrainConfig:
         return {name: to_dict(getattr(self, name)) for name in _SECTIONS}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         data = data or {}
         unknown = set(data) - set(_SECTIONS)
         if unknown:
@@ -220,20 +214,8 @@ class TrainConfig:
             values = data.get(name) or {}
             if not isinstance(values, dict):
                 raise ConfigError(f"config section {name!r} must be a mapping, got {type(values).__name__}")
-            if section_cls is TrainLoopConfig and "folds" in values:
-                values = {**values, "folds": list(values["folds"] or [])}
-                parts[name] = section_cls(**_checked(section_cls, values))
-            else:
-                parts[name] = from_dict(section_cls, values)
+            parts[name] = from_dict(section_cls, values)
         return cls(**parts)
-
-
-def _checked(cls: type, values: dict[str, Any]) -> dict[str, Any]:
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(values) - names
-    if unknown:
-        raise ConfigError(f"unknown {cls.__name__} keys: {sorted(unknown)}; known: {sorted(names)}")
-    return values
 
 
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
@@ -288,31 +270,12 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         raise ConfigError(f"bad config value: {exc}") from exc
 
 
-# help lines of the kernel's own config sections (inference/config.py), which the kernel reads from the manifest
-_KERNEL_HELP = {
-    "preprocess.image_size": "slices are resized to image_size x image_size (the model input size)",
-    "preprocess.ct_window": "Hounsfield units mapped to 0..255",
-    "preprocess.mr_percentiles": "MR intensities between these percentiles map to 0..255",
-    "preprocess.percentile_stride": "voxel subsampling for the MR percentiles",
-    "preprocess.keep_aspect": "pad each slice to a physical square before resizing",
-    "preprocess.slice_spacing_mm": "resample the slice axis to this spacing (null = native slices)",
-    "windows.offsets": "slice offsets of the window channels around the centre (5 channels = 5 offsets)",
-    "windows.stride": "the kernel visits every stride-th centre slice",
-    "windows.scale": "model input = uint8 pixel * scale",
-    "windows.batch_size": "windows per onnxruntime run in the kernel",
-    "aggregation.fold_average": "prob or logit: how the kernel averages folds",
-    "aggregation.method": "max or topk_mean: window -> series reduction (validation reports both)",
-    "aggregation.top_k": "windows averaged by topk_mean",
-    "aggregation.tta_flip": "kernel also runs the mirrored window and swaps left/right back",
-}
-
-
 def describe_keys() -> str:
     """Every config key with its default and help line, for --help."""
     lines = []
     for section, cls in _SECTIONS.items():
         defaults = cls()
         for f in dataclasses.fields(cls):
-            help_text = f.metadata.get("help", "") or _KERNEL_HELP.get(f"{section}.{f.name}", "")
+            help_text = f.metadata.get("help", "")
             lines.append(f"  {section}.{f.name} = {getattr(defaults, f.name)!r}  {help_text}".rstrip())
     return "\n".join(lines)

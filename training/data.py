@@ -58,7 +58,8 @@ def read_localizers(path: str | Path, *, frame_base: int = 0) -> dict[str, list[
         return {}
     frame = pl.read_csv(path, infer_schema_length=10000)
     out: dict[str, list[LocalizerRow]] = defaultdict(list)
-    for uid, sop, coords, location in frame.select([ID_COLUMN, "SOPInstanceUID", "coordinates", "location"]).iter_rows():
+    columns = [ID_COLUMN, "SOPInstanceUID", "coordinates", "location"]
+    for uid, sop, coords, location in frame.select(columns).iter_rows():
         try:
             x, y, f = parse_coordinates(coords, frame_base=frame_base)
         except ConfigError as exc:

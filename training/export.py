@@ -6,7 +6,7 @@ import logging
 import subprocess
 import warnings
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -146,7 +146,7 @@ def write_manifest(out_dir: str | Path, cfg: TrainConfig, folds: list[dict[str, 
         raise ManifestError(f"priors must have {len(LABELS)} values, got shape {priors.shape}")
     entries = tuple(FoldEntry.for_file(out_dir, f["file"], fold=f["fold"], val_score=f.get("val_score"))
                     for f in sorted(folds, key=lambda f: f["fold"]))
-    provenance = {"git_commit": git_commit(), "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    provenance = {"git_commit": git_commit(), "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
                   "trainer": "train_minimal.py", "config": cfg.to_dict(), "torch": torch.__version__,
                   "onnxruntime": ort.__version__, **(extra_provenance or {})}
     size = cfg.preprocess.image_size

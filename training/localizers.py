@@ -4,8 +4,8 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
-from pathlib import Path
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from inference.errors import ConfigError

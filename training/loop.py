@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
+from evaluation.metric import score_predictions
 from inference.aggregate import aggregate_windows
 from inference.config import AggregationConfig
 from inference.labels import LABELS, PRESENT_INDEX
@@ -26,9 +27,7 @@ from inference.windows import iter_window_batches
 from .augment import WindowAugment
 from .config import TrainConfig
 from .model import DualStreamNet, InferenceGraph, build_model
-from .sampling import (ROI, CachedSeries, Sample, draw_epoch, negative_centres, normalized_coords, roi_crop,
-                       window_at)
-from evaluation.metric import score_predictions
+from .sampling import ROI, CachedSeries, Sample, draw_epoch, negative_centres, normalized_coords, roi_crop, window_at
 
 __all__ = ["DistInfo", "init_distributed", "seed_everything", "WindowDataset", "predict_windows", "validate",
            "mine_hard_negatives", "FoldResult", "train_fold", "load_best"]
@@ -235,7 +234,8 @@ def train_fold(cfg: TrainConfig, fold: int, train_series: list[CachedSeries], va
     net = build_model(cfg.model, in_chans=cfg.windows.channels).to(device)
     model: torch.nn.Module = net
     if info.world_size > 1:
-        model = torch.nn.parallel.DistributedDataParallel(net, device_ids=[info.local_rank] if "cuda" in device else None)
+        device_ids = [info.local_rank] if "cuda" in device else None
+        model = torch.nn.parallel.DistributedDataParallel(net, device_ids=device_ids)
     optimizer = _make_optimizer(net, cfg)
     per_rank = max(1, cfg.train.windows_per_epoch // info.world_size)
     steps_per_epoch = max(1, per_rank // cfg.train.batch_size)

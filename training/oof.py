@@ -9,9 +9,8 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from inference.labels import LABELS
-
 from evaluation.metric import score_by_modality, score_predictions
+from inference.labels import LABELS
 
 __all__ = ["predict_series", "oof_report", "OOF_REPORT_NAME"]
 

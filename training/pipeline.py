@@ -14,6 +14,7 @@ import torch.distributed as dist
 import yaml
 
 from inference.errors import ConfigError, ManifestError
+from inference.labels import PRESENT_INDEX
 from inference.manifest import Manifest
 
 from .cache import build_cache, load_pixels
@@ -102,7 +103,7 @@ def run_training(cfg: TrainConfig, *, data_dir: str | Path, out_dir: str | Path,
     rows = [table.index(u) for u in uids]
     labels = {u: table.labels[i] for u, i in zip(uids, rows)}
     modality = {u: table.modality[i] for u, i in zip(uids, rows)}
-    assignment = make_folds([int(labels[u][-1] > 0.5) for u in uids], [modality[u] for u in uids],
+    assignment = make_folds([int(labels[u][PRESENT_INDEX] > 0.5) for u in uids], [modality[u] for u in uids],
                             num_folds=cfg.train.num_folds, seed=cfg.train.seed)
     series = {u: CachedSeries(uid=u, modality=modality[u], pixels=load_pixels(report.entries[u]),
                               points=list(report.entries[u].points), labels=labels[u]) for u in uids}

@@ -75,7 +75,8 @@ def window_labels(points: list[PreparedPoint], centre: int, *, radius: int) -> n
     return labels
 
 
-def _positive_samples(series: list[CachedSeries], n: int, cfg: SamplingConfig, rng: np.random.Generator) -> list[Sample]:
+def _positive_samples(series: list[CachedSeries], n: int, cfg: SamplingConfig,
+                      rng: np.random.Generator) -> list[Sample]:
     anchors = [(i, p) for i, s in enumerate(series) for p in s.points]
     if not anchors or n <= 0:
         return []
@@ -211,7 +212,8 @@ def roi_box(point: tuple[float, float], image_size: int, fraction: float) -> tup
     return top, left, side
 
 
-def roi_crop(window: np.ndarray, point: tuple[float, float], *, fraction: float, out_size: int | None = None) -> np.ndarray:
+def roi_crop(window: np.ndarray, point: tuple[float, float], *, fraction: float,
+             out_size: int | None = None) -> np.ndarray:
     """Crop the ROI box around `point` from every channel of a (C, S, S) window and resize it to (C, out, out)."""
     channels, size = window.shape[0], window.shape[-1]
     out_size = out_size or size

@@ -1,0 +1,166 @@
+"""build(): check the weights and options first, then write dataset/ and kernel/ through a staging folder."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from inference.labels import COMPETITION_SLUG
+from inference.manifest import MANIFEST_NAME, Manifest
+
+from .checks import check_opsets, check_weights
+from .modules import PACKAGE, runtime_modules, vendor_packages
+from .notebook import kernel_cells, notebook_json, py_twin
+from .options import BUNDLE_MARKER, REPO, BuildOptions, check_options
+from .wheels import collect_wheels, wheel_name_version
+
+__all__ = ["BuildResult", "build", "print_sizes"]
+
+
+@dataclass
+class BuildResult:
+    """Where the bundle went and what it holds."""
+
+    dataset_dir: Path
+    kernel_dir: Path
+    notebook: Path
+    script: Path
+    modules: list[str]
+    manifest: Manifest
+    opsets: dict[str, int]
+    sizes: list[tuple[str, int, int]] = field(default_factory=list)  # (part, files, bytes)
+
+
+def _adjusted_manifest(manifest: Manifest, options: BuildOptions) -> Manifest:
+    """Apply the TTA, batch, stride and fold options as config fields (the ONNX files and hashes stay as they are)."""
+    windows = manifest.windows
+    if options.batch_size is not None:
+        windows = dataclasses.replace(windows, batch_size=options.batch_size)
+    if options.stride is not None:
+        windows = dataclasses.replace(windows, stride=options.stride)
+    aggregation = manifest.aggregation
+    if options.tta is not None:
+        aggregation = dataclasses.replace(aggregation, tta_flip=options.tta)
+    folds = manifest.folds
+    if options.folds is not None:
+        folds = tuple(f for f in manifest.folds if f.fold in set(options.folds))
+    provenance = dict(manifest.provenance)
+    provenance["bundle"] = {"built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                            "tta_flip": aggregation.tta_flip, "batch_size": windows.batch_size,
+                            "stride": windows.stride, "folds": [f.fold for f in folds]}
+    return dataclasses.replace(manifest, windows=windows, aggregation=aggregation, folds=folds,
+                               provenance=provenance)
+
+
+def _tree_size(path: Path) -> tuple[int, int]:
+    files = [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else [path]
+    return len(files), sum(p.stat().st_size for p in files)
+
+
+def _size_report(dataset: Path, kernel: Path, manifest: Manifest) -> list[tuple[str, int, int]]:
+    rows = [("runtime package (inference/)", *_tree_size(dataset / PACKAGE))]
+    for entry in manifest.folds:
+        rows.append((f"weights fold {entry.fold} ({entry.file})", *_tree_size(dataset / "weights" / entry.file)))
+    rows.append(("weights manifest", *_tree_size(dataset / "weights" / MANIFEST_NAME)))
+    rows.append(("vendored libraries (vendor/)", *_tree_size(dataset / "vendor")))
+    if (dataset / "wheels").is_dir():
+        for wheel in sorted((dataset / "wheels").glob("*.whl")):
+            name, version = wheel_name_version(wheel)
+            rows.append((f"wheel {name} {version}", 1, wheel.stat().st_size))
+    rows.append(("dataset metadata + marker", 2,
+                 (dataset / "dataset-metadata.json").stat().st_size + (dataset / BUNDLE_MARKER).stat().st_size))
+    rows.append(("kernel (notebook, .py twin, metadata)", *_tree_size(kernel)))
+    return rows
+
+
+def print_sizes(rows: list[tuple[str, int, int]]) -> None:
+    width = max(len(r[0]) for r in rows)
+    print(f"{'part':<{width}}  files        size")
+    for name, files, size in rows:
+        print(f"{name:<{width}}  {files:5d}  {size / 1e6:9.2f} MB")
+    print(f"{'total':<{width}}  {sum(r[1] for r in rows):5d}  {sum(r[2] for r in rows) / 1e6:9.2f} MB")
+
+
+def build(options: BuildOptions) -> BuildResult:
+    """Check the weights, then write `out/dataset` and `out/kernel` (replacing earlier builds there).
+
+    Every check runs before anything is written to `out`: a failed build leaves `out` as it was.
+
+    Raises:
+        BuildError: bad options, weights that fail a check, or a failed wheel download.
+    """
+    kernel_title = check_options(options)
+    weights = Path(options.weights)
+    manifest, opsets = check_weights(weights, folds=options.folds)
+    bundled = _adjusted_manifest(manifest, options)
+    modules = runtime_modules()
+    out = Path(options.out)
+    out.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".build-", dir=out))
+    try:
+        dataset, kernel = staging / "dataset", staging / "kernel"
+        (dataset / PACKAGE).mkdir(parents=True)
+        for name in modules:
+            shutil.copy2(REPO / PACKAGE / f"{name}.py", dataset / PACKAGE / f"{name}.py")
+        for entry in bundled.folds:
+            source = weights / entry.file
+            target = dataset / "weights" / entry.file
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+            for extra in source.parent.glob(source.name + ".*"):  # external tensor data (fold_0.onnx.data)
+                shutil.copy2(extra, target.parent / extra.name)
+        vendor_packages(dataset / "vendor")
+        bundled.write(dataset / "weights")
+        Manifest.read(dataset / "weights", verify=True)  # the copy is what the kernel will read
+        _, wheel_versions = collect_wheels(options, dataset)
+        check_opsets(opsets, wheel_versions.get("onnxruntime-gpu"))
+        dataset_id = f"{options.username}/{options.dataset_slug}"
+        (dataset / "dataset-metadata.json").write_text(json.dumps(
+            {"title": options.dataset_title, "id": dataset_id, "licenses": [{"name": options.license}]},
+            indent=2) + "\n")
+        import onnxruntime
+
+        (dataset / BUNDLE_MARKER).write_text(json.dumps({
+            "dataset_id": dataset_id, "modules": modules, "folds": [f.fold for f in bundled.folds],
+            "opsets": opsets, "checked_with_onnxruntime": onnxruntime.__version__, "wheels": wheel_versions,
+            "aggregation": dataclasses.asdict(bundled.aggregation), "windows": dataclasses.asdict(bundled.windows),
+        }, indent=2) + "\n")
+        kernel.mkdir()
+        cells = kernel_cells(dataset_slug=options.dataset_slug)
+        notebook = kernel / f"{options.kernel_slug}.ipynb"
+        notebook.write_text(json.dumps(notebook_json(cells), indent=1) + "\n")
+        script = kernel / f"{options.kernel_slug}.py"
+        script.write_text(py_twin(cells))
+        (kernel / "kernel-metadata.json").write_text(json.dumps({
+            "id": f"{options.username}/{options.kernel_slug}",
+            "title": kernel_title,
+            "code_file": notebook.name,
+            "language": "python",
+            "kernel_type": "notebook",
+            "is_private": options.private,
+            "enable_gpu": options.gpu,
+            "enable_tpu": False,
+            "enable_internet": False,
+            "dataset_sources": [dataset_id],
+            "competition_sources": [COMPETITION_SLUG],
+            "kernel_sources": [],
+            "model_sources": [],
+        }, indent=2) + "\n")
+        for name in ("dataset", "kernel"):
+            final = out / name
+            if final.exists():
+                shutil.rmtree(final)
+            (staging / name).rename(final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    dataset, kernel = out / "dataset", out / "kernel"
+    result = BuildResult(dataset_dir=dataset, kernel_dir=kernel, notebook=kernel / notebook.name,
+                         script=kernel / script.name, modules=modules, manifest=bundled, opsets=opsets)
+    result.sizes = _size_report(dataset, kernel, bundled)
+    return result
+
+
