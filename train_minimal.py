@@ -40,8 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="override one config value (repeatable), e.g. --set train.lr=3e-4")
     parser.add_argument("--epochs", type=int, default=None, help="shortcut for --set train.epochs=N")
     parser.add_argument("--arch", default=None, help="shortcut for --set model.arch=NAME (any timm model)")
-    parser.add_argument("--pretrained", action="store_true",
-                        help="load timm pretrained weights (must be in the local cache: nothing is downloaded)")
+    parser.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None,
+                        help="start from timm's pretrained weights (the competition preset does; they are "
+                             "fetched once, or read from the Hugging Face cache at HF_HOME); --no-pretrained "
+                             "trains from random weights on purpose")
     parser.add_argument("--no-guard", action="store_true",
                         help="switch the inference-regime guard off (the flawed design; for measuring it only)")
     parser.add_argument("--fp16", action="store_true", help="export float16 ONNX folds (GPU kernels)")
@@ -66,8 +68,8 @@ def config_from_args(args: argparse.Namespace):
         overrides.append(f"model.arch={args.arch}")
     if args.seed is not None:
         overrides.append(f"train.seed={args.seed}")
-    if args.pretrained:
-        overrides.append("model.pretrained=true")
+    if args.pretrained is not None:
+        overrides.append(f"model.pretrained={'true' if args.pretrained else 'false'}")
     if args.no_guard:
         overrides.append("sampling.guard=false")
     if args.fp16:

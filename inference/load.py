@@ -17,7 +17,7 @@ from .dicom_io import DEFAULT_BACKENDS, DicomFileError, DicomImage, read_dicom
 from .errors import SeriesLoadError
 from .volume import SliceSource, Volume, canonical_transform
 
-__all__ = ["load_series", "series_files"]
+__all__ = ["load_series", "plan_series", "SeriesPlan", "series_files"]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -81,17 +81,12 @@ def load_series(
         >>> volume = load_series("series/1.2.826.0.1.3680043.8.498.1")  # doctest: +SKIP
     """
     folder = Path(folder)
-    paths = series_files(folder)
-    if not paths:
-        raise SeriesLoadError(f"series folder {folder} holds no *.dcm file")
     if not in_process and pool_available():
         LOGGER.warning("!!! compressed files are decoded in-process, without isolation: %s !!!", pool_available())
         in_process = True
-    images, failures = _read_headers(paths, backends)
-    stack = _choose_stack(images)
-    notes = stack.notes
-    needed = sorted({int(i) for i in stack.frames.image[stack.order]
-                     if images[int(i)].pixels is None})
+    plan = plan_series(folder, backends=backends)
+    images, failures, stack = plan.images, list(plan.failures), plan.stack
+    needed = sorted({int(i) for i in stack.frames.image[stack.order] if images[int(i)].pixels is None})
     with _decoded(images, needed, pool=None if in_process else (pool or shared_pool()), backends=backends,
                   deadline=deadline) as lost:
         if lost:
@@ -100,14 +95,63 @@ def load_series(
             # the stack of the files that did decode (files outside the first choice were never decoded)
             images = [im for im in images if im.path not in gone and im.pixels is not None]
             stack = _choose_stack(images)
-            notes = stack.notes
         for _, reason in failures:
             LOGGER.warning("%s: skipped %s", folder.name, reason)
         dropped = [f"skipped {reason}" for _, reason in failures]
         if not images:
             raise SeriesLoadError(
-                f"series folder {folder}: no usable image in {len(paths)} file(s): " + "; ".join(dropped))
-        return _assemble(folder, images, stack, dropped + notes)
+                f"series folder {folder}: no usable image in {plan.files} file(s): " + "; ".join(dropped))
+        return _assemble(folder, images, stack, dropped + stack.notes)
+
+
+@dataclass
+class SeriesPlan:
+    """What loading a series would do, read from its headers alone (nothing compressed is decoded).
+
+    Attributes:
+        folder: the series folder.
+        files: how many *.dcm files it holds.
+        images: the header of every readable file (`pixels` set for uncompressed files only).
+        failures: (path, reason) of each file that cannot be read.
+        stack: the frames chosen for the volume, in slice order, and the notes on what was left out.
+    """
+
+    folder: Path
+    files: int
+    images: list[DicomImage]
+    failures: list[tuple[str, str]]
+    stack: _Stack
+
+    @property
+    def sources(self) -> list[SliceSource]:
+        """The chosen frames in slice order (before the canonical transform): file, SOPInstanceUID, frame."""
+        frames, images = self.stack.frames, self.images
+        return [SliceSource(images[frames.image[i]].sop_instance_uid, int(frames.frame[i]),
+                            images[frames.image[i]].path) for i in self.stack.order]
+
+    @property
+    def orientation(self) -> np.ndarray | None:
+        """The stack's ImageOrientationPatient (row direction, column direction), None when no file has one."""
+        return self.stack.orientation
+
+    @property
+    def notes(self) -> list[str]:
+        """Files that cannot be read, and what choosing the stack dropped or assumed."""
+        return [f"skipped {reason}" for _, reason in self.failures] + self.stack.notes
+
+
+def plan_series(folder: str | Path, *, backends: Sequence[str] = DEFAULT_BACKENDS) -> SeriesPlan:
+    """Read every file's header and choose the image stack, as `load_series` does before decoding anything.
+
+    Raises:
+        SeriesLoadError: the folder is missing, unreadable or holds no *.dcm file.
+    """
+    folder = Path(folder)
+    paths = series_files(folder)
+    if not paths:
+        raise SeriesLoadError(f"series folder {folder} holds no *.dcm file")
+    images, failures = _read_headers(paths, backends)
+    return SeriesPlan(folder=folder, files=len(paths), images=images, failures=failures, stack=_choose_stack(images))
 
 
 # ---------------------------------------------------------------------------------------------------- reading

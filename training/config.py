@@ -40,7 +40,8 @@ class ModelConfig:
     """The dual-stream network."""
 
     arch: str = _f("tf_efficientnet_b0", "any timm model name, used for both streams")
-    pretrained: bool = _f(False, "load timm's pretrained weights (must already be in the local timm/HF cache)")
+    pretrained: bool = _f(False, "start from timm's pretrained weights (checked before the first epoch; CLI: "
+                               "--pretrained / --no-pretrained)")
     coord_dim: int = _f(64, "width of the coordinate MLP (2 -> coord_dim)")
     drop_rate: float = _f(0.2, "dropout before the classifier")
 

@@ -18,7 +18,7 @@ class DualStreamNet(nn.Module):
     Args:
         arch: timm model name for both streams.
         in_chans: channels of a window (len(offsets)).
-        pretrained: load timm's pretrained weights (they must be cached locally: no download here).
+        pretrained: start both streams from timm's pretrained weights (see training.pretrained).
         coord_dim: width of the coordinate MLP.
         drop_rate: dropout before the classifier.
     """

@@ -24,6 +24,7 @@ from .export import export_fold, write_manifest
 from .folds import make_folds
 from .loop import init_distributed, load_best, train_fold
 from .oof import oof_report
+from .pretrained import ensure_pretrained, pretrained_source
 from .sampling import CachedSeries, window_at
 
 __all__ = ["run_training", "parity_windows", "config_fingerprint", "fold_file"]
@@ -78,6 +79,9 @@ def run_training(cfg: TrainConfig, *, data_dir: str | Path, out_dir: str | Path,
         ConfigError: unusable data folder or too few usable series for the folds.
     """
     info = init_distributed()
+    # pretrained weights are checked first: a missing file stops the run before the cache and the first epoch
+    start_weights = (ensure_pretrained(cfg.model.arch, in_chans=cfg.windows.channels) if cfg.model.pretrained
+                     else pretrained_source(cfg.model.arch, pretrained=False))
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
     elif info.world_size > 1 and "cuda" not in info.device:
@@ -132,6 +136,7 @@ def run_training(cfg: TrainConfig, *, data_dir: str | Path, out_dir: str | Path,
         previous = _previous_folds(out_dir, fingerprint, {e["fold"] for e in exported})
         held_out = {f: [u for u, a in zip(uids, assignment) if a == f] for f in selected}
         extra = {"config_fingerprint": fingerprint, "data_dir": str(data_dir), "world_size": info.world_size,
+                 "start_weights": {**start_weights.to_dict(), "description": start_weights.describe()},
                  "device": info.device, "fold_assignment": dict(zip(uids, assignment.tolist())),
                  "folds": {str(f): {"best_epoch": r.best_epoch, "best_val_score": r.best_score,
                                     "seconds": round(r.seconds, 1), "history": r.history,
