@@ -12,7 +12,7 @@ from .errors import InferenceError
 from .volume import Volume
 
 __all__ = ["PreparedVolume", "SliceGeometry", "SlicePlan", "preprocess_volume", "plan_slices", "prepare_slices",
-           "prepared_volume", "intensity_range", "slice_geometry", "to_uint8"]
+           "prepared_volume", "intensity_range", "slice_geometry", "to_uint8", "sample_slices", "warn_if_constant_ct"]
 
 log = logging.getLogger(__name__)
 
@@ -120,21 +120,38 @@ class SlicePlan:
     geometry: SliceGeometry
 
 
-def plan_slices(volume: Volume, cfg: PreprocessConfig) -> SlicePlan:
+def sample_slices(volume: Volume, cfg: PreprocessConfig) -> range:
+    """The canonical slices `plan_slices` reads pixels from: every percentile_stride-th one (none for CT)."""
+    if volume.modality.upper() == "CT":
+        return range(0)
+    return range(0, volume.num_slices, cfg.percentile_stride)
+
+
+def warn_if_constant_ct(volume: Volume, cfg: PreprocessConfig) -> None:
+    """Log a warning when a CT volume holds one value (the CT window still applies: a uniform stack)."""
+    if volume.modality.upper() == "CT":
+        s = cfg.percentile_stride
+        sample = volume.pixels[::s, ::s, ::s]
+        if sample.min() == sample.max():
+            log.warning("series %s: constant CT volume (value %.4g)", volume.series_uid, float(sample.min()))
+
+
+def plan_slices(volume: Volume, cfg: PreprocessConfig, *, check_constant: bool = True) -> SlicePlan:
     """Intensity range (CT window or MR percentiles) and slice geometry of `volume`; warns on a constant volume.
 
+    Only the slices of `sample_slices(volume, cfg)` are read, so a volume still loading can be planned once those
+    are in (`check_constant=False` then defers the CT check to `warn_if_constant_ct`).
+
     Raises:
-        ConfigError: the volume is not 3D or has no slice.
+        InferenceError: the volume is not 3D or has no slice.
     """
     pixels = volume.pixels
     if pixels.ndim != 3 or min(pixels.shape) < 1:
         raise InferenceError(f"series {volume.series_uid}: expected a non-empty 3D volume, got shape {pixels.shape}")
     low, high = intensity_range(volume, cfg)
     if volume.modality.upper() == "CT":
-        s = cfg.percentile_stride
-        sample = pixels[::s, ::s, ::s]
-        if sample.min() == sample.max():  # the window still applies: a uniform grey (or black) stack
-            log.warning("series %s: constant CT volume (value %.4g)", volume.series_uid, float(sample.min()))
+        if check_constant:
+            warn_if_constant_ct(volume, cfg)
     elif not high > low:
         log.warning("series %s: constant %s volume (value %.4g); returning a black stack",
                     volume.series_uid, volume.modality, low)

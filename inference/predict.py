@@ -16,9 +16,16 @@ from .decode_pool import DecodePool
 from .ensemble import FoldEnsemble, load_ensemble
 from .errors import DeadlineError, KitError, ManifestError
 from .labels import LABELS
-from .load import load_series
+from .load import SeriesRestacked, SeriesStream, load_series, plan_series
 from .manifest import Manifest
-from .normalize import SlicePlan, plan_slices, prepare_slices, preprocess_volume
+from .normalize import (
+    SlicePlan,
+    plan_slices,
+    prepare_slices,
+    preprocess_volume,
+    sample_slices,
+    warn_if_constant_ct,
+)
 from .volume import Volume
 from .windows import iter_window_batches
 
@@ -72,15 +79,17 @@ class _SliceStream:
     """Prepares the slices of a volume in a background thread, chunk by chunk, into one uint8 stack.
 
     `wait(n)` blocks until the first n slices are ready, so the model can run on the first windows while the
-    rest are prepared (cv2 and onnxruntime both release the GIL). The slices are those of `preprocess_volume`:
-    the same `plan_slices` / `prepare_slices` code.
+    rest are prepared (cv2 and onnxruntime both release the GIL); `source(n)`, when given, blocks until the
+    volume's own first n slices are loaded. The slices are those of `preprocess_volume`: the same
+    `plan_slices` / `prepare_slices` code.
     """
 
     CHUNK = 16
 
-    def __init__(self, pixels: np.ndarray, plan: SlicePlan) -> None:
+    def __init__(self, pixels: np.ndarray, plan: SlicePlan, *,
+                 source: Callable[[int], None] | None = None) -> None:
         size = plan.geometry.size
-        self.pixels, self.plan = pixels, plan
+        self.pixels, self.plan, self.source = pixels, plan, source
         self.stack = np.zeros((pixels.shape[0], size, size), dtype=np.uint8)
         self.ready = 0
         self.busy_s = 0.0
@@ -98,6 +107,8 @@ class _SliceStream:
                 if self._stop.is_set():
                     return
                 stop = min(total, start + self.CHUNK)
+                if self.source is not None:
+                    self.source(stop)
                 prepare_slices(self.pixels, self.plan, self.stack, start, stop)
                 with self._cond:
                     self.ready = stop
@@ -216,19 +227,41 @@ class Predictor:
         report = report if report is not None else SeriesReport(series_uid=Path(series_path).name)
         start = time.perf_counter()
         ensemble = self.ensemble
+        preprocess = ensemble.manifest.preprocess
+        if self.loader is not None or preprocess.slice_spacing_mm is not None:  # resampling needs every slice
+            volume = self.loader(series_path) if self.loader is not None else \
+                load_series(series_path, pool=self.decode_pool, deadline=deadline)
+            report.load_s = time.perf_counter() - start
+            probs = self._score(ensemble, volume, None, report, deadline)
+        else:  # the volume streams in: the model starts on the first slices while later files still decode
+            stream = SeriesStream(plan_series(series_path), pool=self.decode_pool, deadline=deadline)
+            stream.first = list(sample_slices(stream.volume, preprocess))  # what plan_slices reads
+            stream.start()
+            try:
+                probs = self._score(ensemble, stream.volume, stream, report, deadline)
+            except SeriesRestacked:  # a file was lost mid-way: score the rebuilt volume from the start
+                log.info("series %s: restarted on the volume rebuilt without its lost files", report.series_uid)
+                probs = self._score(ensemble, stream.result(), None, report, deadline)
+            report.load_s = stream.seconds
+        report.total_s = time.perf_counter() - start
+        return probs
+
+    def _score(self, ensemble: FoldEnsemble, volume: Volume, stream: SeriesStream | None, report: SeriesReport,
+               deadline: float | None) -> np.ndarray:
+        """Window probabilities of `volume` (still filling when `stream` is given) aggregated into 14 values."""
         manifest = ensemble.manifest
-        t0 = time.perf_counter()
-        if self.loader is not None:
-            volume = self.loader(series_path)
-        else:
-            volume = load_series(series_path, pool=self.decode_pool, deadline=deadline)
         t1 = time.perf_counter()
-        report.load_s, report.slices, report.modality = t1 - t0, volume.num_slices, volume.modality
+        if stream is not None and not stream.streamable:  # another plane: canonical slices need every file
+            volume, stream = stream.result(), None
+        if stream is not None:
+            stream.wait_slices(sample_slices(volume, manifest.preprocess))
+        report.slices, report.modality = volume.num_slices, volume.modality
         _check_deadline(deadline, "after loading the series")
-        stream = None
+        slices = None
         if manifest.preprocess.slice_spacing_mm is None:  # prepare slices in a thread under the model's work
-            stream = _SliceStream(volume.pixels, plan_slices(volume, manifest.preprocess))
-            stack, ready = stream.stack, stream.wait
+            plan = plan_slices(volume, manifest.preprocess, check_constant=stream is None)
+            slices = _SliceStream(volume.pixels, plan, source=None if stream is None else stream.wait)
+            stack, ready = slices.stack, slices.wait
             report.overlapped = True
         else:  # resampling the slice axis needs every slice first
             stack, ready = preprocess_volume(volume, manifest.preprocess).pixels, None
@@ -241,10 +274,11 @@ class Predictor:
                     break
                 parts.append(ensemble.predict_windows(batch.inputs))
         finally:
-            if stream is not None:
-                stream.close()
-                report.preprocess_s = stream.busy_s
-        del volume  # the float32 volume is the largest array of the run
+            if slices is not None:
+                slices.close()
+                report.preprocess_s = slices.busy_s
+        if stream is not None:
+            warn_if_constant_ct(stream.result(), manifest.preprocess)
         if not parts:
             raise DeadlineError(f"series {report.series_uid}: the time budget ran out before any window was scored")
         window_probs = np.concatenate(parts, axis=0)
@@ -252,8 +286,7 @@ class Predictor:
         report.windows = int(window_probs.shape[0])
         report.infer_s = t3 - t1 if report.overlapped else t3 - t1 - report.preprocess_s
         probs = aggregate_windows(window_probs, manifest.aggregation)
-        t4 = time.perf_counter()
-        report.aggregate_s, report.total_s = t4 - t3, t4 - start
+        report.aggregate_s = time.perf_counter() - t3
         report.answer = "model" if report.windows == report.windows_total else "partial"
         return probs
 

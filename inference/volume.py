@@ -119,6 +119,12 @@ class Volume:
     def num_slices(self) -> int:
         return int(self.pixels.shape[0])
 
+    def stack_view(self) -> np.ndarray:
+        """`pixels` seen in acquired (k, i, j) stack order: a view, so writing slice k of it fills the volume."""
+        flip_axes = tuple(c for c, f in enumerate(self.transform.flips) if f)
+        out = np.flip(self.pixels, axis=flip_axes) if flip_axes else self.pixels
+        return out.transpose(np.argsort(self.transform.axes))
+
     def stack_index_of(self, sop_instance_uid: str, frame: int = 0) -> int:
         """Stack index k of a (SOPInstanceUID, frame); KeyError when that frame is not in the volume."""
         for k, src in enumerate(self.sources):
