@@ -101,6 +101,8 @@ class DecodeLimits:
         timeout_s_per_mb: extra seconds per MB (a 300-frame JPEG 2000 file needs far more than one slice).
         memory_mb: address-space limit of each worker (RLIMIT_AS), in MiB; 0 switches it off.
         retain_mb: a shared block up to this size is kept for the next series; a larger one is released.
+        files_per_task: files decoded by one task (fewer round trips to the workers). When a task's worker dies
+            or overruns, its files are decoded again one per task, so a bad file still costs itself only.
     """
 
     workers: int | None = None
@@ -108,6 +110,7 @@ class DecodeLimits:
     timeout_s_per_mb: float = 2.0
     memory_mb: int = 4096
     retain_mb: int = 512
+    files_per_task: int = 4
 
     def __post_init__(self) -> None:
         if self.workers is not None and self.workers < 1:
@@ -116,6 +119,8 @@ class DecodeLimits:
             raise ValueError(f"timeouts must be positive, got {self.timeout_s}, {self.timeout_s_per_mb}")
         if self.memory_mb < 0 or self.retain_mb < 0:
             raise ValueError(f"memory_mb and retain_mb must be >= 0, got {self.memory_mb}, {self.retain_mb}")
+        if self.files_per_task < 1:
+            raise ValueError(f"files_per_task must be >= 1, got {self.files_per_task}")
 
     @property
     def worker_count(self) -> int:
@@ -222,6 +227,20 @@ def _decode_file(path: str, backends: tuple[str, ...], slot: _Slot | None) -> np
     return None
 
 
+def _decode_files(paths: Sequence[str], backends: tuple[str, ...], slots: Sequence[_Slot | None]
+                  ) -> list[tuple[np.ndarray | None, str]]:
+    """Worker: `_decode_file` on each file; a file's own error (not a crash) is its result: (None, reason)."""
+    out: list[tuple[np.ndarray | None, str]] = []
+    for path, slot in zip(paths, slots):
+        try:
+            out.append((_decode_file(path, backends, slot), ""))
+        except DicomFileError as exc:
+            out.append((None, str(exc)))
+        except Exception as exc:  # noqa: BLE001 - MemoryError and any other Python failure: this file only
+            out.append((None, f"{Path(path).name}: {type(exc).__name__}: {exc}"))
+    return out
+
+
 def _ready() -> int:
     return os.getpid()
 
@@ -238,7 +257,7 @@ class DecodeBatch:
     def __init__(self, pool: DecodePool, jobs: Sequence[DecodeJob], deadline: float | None) -> None:
         self._pool, self._jobs, self._deadline = pool, list(jobs), deadline
         self._block: shared_memory.SharedMemory | None = None
-        self._futures: dict[Future, int] = {}
+        self._futures: dict[Future, list[int]] = {}
         self._slots: list[_Slot | None] = []
 
     def __enter__(self) -> DecodeBatch:
@@ -264,16 +283,23 @@ class DecodeBatch:
             offsets.append(total)
             total += -(-job.nbytes // _ALIGN) * _ALIGN
         self._block = self._pool._block_for(total) if self._jobs else None
-        executor = self._pool._executor()
-        backends = self._pool.backends
-        for index, (job, offset) in enumerate(zip(self._jobs, offsets)):
+        for job, offset in zip(self._jobs, offsets):
             slot = None
             if self._block is not None and job.nbytes > 0:
                 slot = _Slot(self._block.name, offset, (job.frames, job.rows, job.cols), job.dtype)
             self._slots.append(slot)
-            future = executor.schedule(_decode_file, args=(job.path, backends, slot),
-                                       timeout=self._pool.limits.file_timeout(job.path))
-            self._futures[future] = index
+        limits = self._pool.limits
+        # enough tasks for every worker, each at most files_per_task files (in the given order)
+        size = max(1, min(limits.files_per_task, len(self._jobs) // (2 * limits.worker_count)))
+        for start in range(0, len(self._jobs), size):
+            self._schedule(list(range(start, min(len(self._jobs), start + size))))
+
+    def _schedule(self, indices: list[int]) -> None:
+        jobs = [self._jobs[i] for i in indices]
+        future = self._pool._executor().schedule(
+            _decode_files, args=([job.path for job in jobs], self._pool.backends, [self._slots[i] for i in indices]),
+            timeout=sum(self._pool.limits.file_timeout(job.path) for job in jobs))
+        self._futures[future] = indices
 
     def __iter__(self) -> Iterator[tuple[int, DecodeResult]]:
         """(job index, result) pairs in completion order; every job is answered once."""
@@ -284,32 +310,48 @@ class DecodeBatch:
             if not done:  # the call's deadline passed: what is still decoding is given up
                 for future in pending:
                     future.cancel()
-                    index = self._futures[future]
-                    yield index, DecodeResult(self._jobs[index].path, error=(
-                        f"{Path(self._jobs[index].path).name}: not decoded before the call's deadline"))
+                    for index in self._futures[future]:
+                        yield index, DecodeResult(self._jobs[index].path, error=(
+                            f"{Path(self._jobs[index].path).name}: not decoded before the call's deadline"))
                 return
-            for future in sorted(done, key=self._futures.__getitem__):
-                index = self._futures[future]
-                yield index, self._result(future, index)
+            for future in sorted(done, key=lambda f: self._futures[f][0]):
+                indices = self._futures[future]
+                failure = self._task_failure(future, indices)
+                if failure is not None and len(indices) > 1:  # find the culprit: each file again, on its own
+                    LOGGER.info("a decoding task of %d files failed (%s); decoding them one by one", len(indices),
+                                failure)
+                    for index in indices:
+                        self._schedule([index])
+                    pending |= {f for f, i in self._futures.items() if len(i) == 1 and i[0] in indices}
+                    continue
+                if failure is not None:
+                    yield indices[0], DecodeResult(self._jobs[indices[0]].path, error=failure)
+                    continue
+                for index, (pixels, reason) in zip(indices, future.result()):
+                    yield index, self._result(index, pixels, reason)
 
-    def _result(self, future: Future, index: int) -> DecodeResult:
-        job, slot = self._jobs[index], self._slots[index]
-        name = Path(job.path).name
+    def _task_failure(self, future: Future, indices: list[int]) -> str | None:
+        """Why a whole task failed (its worker died, overran or was cancelled), else None."""
+        name = Path(self._jobs[indices[0]].path).name if len(indices) == 1 else f"{len(indices)} files"
         try:
-            pixels = future.result()
-        except DicomFileError as exc:
-            return DecodeResult(job.path, error=str(exc))
+            future.result()
         except FutureTimeout:
-            seconds = self._pool.limits.file_timeout(job.path)
+            seconds = sum(self._pool.limits.file_timeout(self._jobs[i].path) for i in indices)
             LOGGER.warning("%s: decoding took over %.0f s; its worker was stopped", name, seconds)
-            return DecodeResult(job.path, error=f"{name}: decoding took over {seconds:.0f} s (worker stopped)")
+            return f"{name}: decoding took over {seconds:.0f} s (worker stopped)"
         except ProcessExpired as exc:
             LOGGER.warning("%s: the decoding worker died (%s)", name, exc)
-            return DecodeResult(job.path, error=f"{name}: the decoder crashed its worker process ({exc})")
+            return f"{name}: the decoder crashed its worker process ({exc})"
         except CancelledError:
-            return DecodeResult(job.path, error=f"{name}: decoding cancelled")
-        except Exception as exc:  # noqa: BLE001 - MemoryError and any other failure inside the worker
-            return DecodeResult(job.path, error=f"{name}: {type(exc).__name__}: {exc}")
+            return f"{name}: decoding cancelled"
+        except Exception as exc:  # noqa: BLE001 - anything else that failed the task itself
+            return f"{name}: {type(exc).__name__}: {exc}"
+        return None
+
+    def _result(self, index: int, pixels: np.ndarray | None, reason: str) -> DecodeResult:
+        job, slot = self._jobs[index], self._slots[index]
+        if reason:
+            return DecodeResult(job.path, error=reason)
         if pixels is None and slot is not None and self._block is not None:
             pixels = np.ndarray(slot.shape, dtype=slot.dtype, buffer=self._block.buf, offset=slot.offset)
         return DecodeResult(job.path, pixels=pixels)
