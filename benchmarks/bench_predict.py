@@ -1,8 +1,13 @@
 """Time each stage of Predictor.predict on a large CT series next to the bare model time (onnxruntime, same windows).
 
+It also times the loading alone (decode + canonical volume, with the same decoding workers) and prints
+whole / max(load, bare model): the volume streams in under the model, so a series should cost about the larger of
+the two, not their sum (where the cores allow: decoding workers and onnxruntime threads share them).
+
 Example:
     .venv/bin/python benchmarks/bench_predict.py                    # 300 slices of 512 x 512, b0 dual-stream, CPU
     .venv/bin/python benchmarks/bench_predict.py --slices 40        # quick run
+    .venv/bin/python benchmarks/bench_predict.py --syntax jpeg2000  # a JPEG 2000 series: decode-bound
     .venv/bin/python benchmarks/bench_predict.py --torch-cuda       # also time the model in torch on CUDA
 """
 from __future__ import annotations
@@ -24,6 +29,9 @@ log = logging.getLogger("bench_predict")
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--slices", type=int, default=300, help="slices in the series (default 300)")
+    parser.add_argument("--syntax", choices=("uncompressed", "jpegls", "jpeg2000"), default="uncompressed",
+                        help="transfer syntax of the series (default uncompressed)")
+    parser.add_argument("--decode-workers", type=int, default=None, help="decoding processes (default min(4, cores))")
     parser.add_argument("--size", type=int, default=512, help="rows = columns of each DICOM slice (default 512)")
     parser.add_argument("--image-size", type=int, default=224, help="model input size (default 224)")
     parser.add_argument("--stride", type=int, default=1, help="window stride: fewer windows, quicker run")
@@ -99,21 +107,29 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     sys.path.insert(0, str(ROOT))
+    from benchmarks.bench_loader import write_benchmark_series
+    from inference.decode_pool import DecodeLimits, DecodePool
+    from inference.load import load_series
     from inference.predict import Predictor
     from tests.onnx_models import head_like_stack, write_ct_series
 
     with tempfile.TemporaryDirectory() as tmp:
         work = args.workdir or Path(tmp)
-        bundle, series = work / "bundle", work / "series" / "1.2.826.0.1.3680043.8.498.1"
+        bundle, series = work / "bundle", work / f"series_{args.syntax}" / "1.2.826.0.1.3680043.8.498.1"
         t = time.perf_counter()
         model = _export(args, bundle)
         print(f"exported {args.backbone} dual-stream ONNX in {time.perf_counter() - t:.1f}s")
         if not series.is_dir() or len(list(series.glob("*.dcm"))) != args.slices:
             t = time.perf_counter()
-            write_ct_series(series, head_like_stack(args.slices, args.size), spacing=(0.6, 0.45, 0.45))
-            print(f"wrote {args.slices} slices of {args.size}x{args.size} in {time.perf_counter() - t:.1f}s")
+            if args.syntax == "uncompressed":
+                write_ct_series(series, head_like_stack(args.slices, args.size), spacing=(0.6, 0.45, 0.45))
+            else:
+                write_benchmark_series(series, args.syntax, size=args.size, slices=args.slices)
+            print(f"wrote {args.slices} {args.syntax} slices of {args.size}x{args.size} in "
+                  f"{time.perf_counter() - t:.1f}s")
 
-        predictor = Predictor(bundle, providers=["CPUExecutionProvider"], threads=args.threads)
+        pool = DecodePool(DecodeLimits(workers=args.decode_workers)).start(wait_s=60)
+        predictor = Predictor(bundle, providers=["CPUExecutionProvider"], threads=args.threads, decode_pool=pool)
         t = time.perf_counter()
         ensemble = predictor.ensemble
         print(f"sessions built in {time.perf_counter() - t:.2f}s on {ensemble.providers}, "
@@ -121,29 +137,40 @@ def main(argv: list[str] | None = None) -> int:
         warm = np.zeros((2, 5, args.image_size, args.image_size), dtype=ensemble.input_dtype)
         ensemble.predict_windows(warm)
 
+        load_series(series, pool=pool)  # page cache and decoding workers warm
         rows = []
         for _ in range(args.repeats):  # interleaved, so load from other jobs hits both sides alike
+            t = time.perf_counter()
+            load_series(series, pool=pool)
+            decode = time.perf_counter() - t
             c, t = time.process_time(), time.perf_counter()
             probs, report = predictor.predict_series(str(series))
             whole, whole_cpu = time.perf_counter() - t, time.process_time() - c
             c = time.process_time()
             bare = _bare_model(ensemble, report.windows, args.image_size, args.batch_size)
             bare_cpu = time.process_time() - c
-            rows.append((report, whole, bare, whole_cpu, bare_cpu))
+            rows.append((report, whole, bare, whole_cpu, bare_cpu, decode))
             if not np.isfinite(probs).all():
                 print("WARNING: non-finite output")
+        pool.close()
         print()
-        print(f"{'load':>7s} {'prep':>7s} {'infer':>7s} {'aggr':>7s} {'whole':>7s} {'bare':>7s} {'ratio':>6s} "
-              f"{'cpu ratio':>9s}  windows (wall seconds; cpu ratio = process CPU time whole / bare)")
-        for report, whole, bare, whole_cpu, bare_cpu in rows:
+        import os
+
+        print(f"{os.cpu_count()} cores, {args.syntax} series of {args.slices} slices")
+        print(f"{'load':>7s} {'prep':>7s} {'infer':>7s} {'aggr':>7s} {'whole':>7s} {'bare':>7s} {'decode':>7s} "
+              f"{'w/bare':>7s} {'w/max':>6s} {'cpu ratio':>9s}  windows (wall seconds; load overlaps infer; "
+              "decode = load_series alone; w/max = whole / max(decode, bare); cpu ratio = this process's CPU whole / "
+              "bare)")
+        for report, whole, bare, whole_cpu, bare_cpu, decode in rows:
             print(f"{report.load_s:7.3f} {report.preprocess_s:7.3f} {report.infer_s:7.3f} {report.aggregate_s:7.4f} "
-                  f"{whole:7.3f} {bare:7.3f} {whole / bare:6.3f} {whole_cpu / bare_cpu:9.3f}  {report.windows} "
-                  f"({bare / report.windows * 1e3:.1f} ms/window bare)")
+                  f"{whole:7.3f} {bare:7.3f} {decode:7.3f} {whole / bare:7.3f} {whole / max(decode, bare):6.3f} "
+                  f"{whole_cpu / bare_cpu:9.3f}  {report.windows} ({bare / report.windows * 1e3:.1f} ms/window bare)")
         ratios = [r[1] / r[2] for r in rows]
-        cpu_ratios = [r[3] / r[4] for r in rows]
+        overlap = [r[1] / max(r[5], r[2]) for r in rows]
         best = min(r[1] for r in rows) / min(r[2] for r in rows)
-        print(f"whole/bare: best-of-{len(rows)} wall {best:.3f}, median wall {np.median(ratios):.3f}, "
-              f"median cpu {np.median(cpu_ratios):.3f} (target <= 1.15; CPU cores may be shared with other jobs)")
+        print(f"whole/bare: best-of-{len(rows)} wall {best:.3f}, median wall {np.median(ratios):.3f}; "
+              f"whole/max(decode, bare): median {np.median(overlap):.3f}, best {min(overlap):.3f} "
+              "(target <= 1.15 where the cores allow overlap)")
         if args.torch_cuda:
             _torch_cuda(model, args.image_size)
     return 0
