@@ -64,6 +64,13 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="left-right flip TTA, written into the bundled manifest (default: keep the manifest's)")
     parser.add_argument("--batch-size", type=int, default=None, help="windows per onnxruntime run (GPU: 64-128)")
     parser.add_argument("--stride", type=int, default=None, help="visit every n-th centre slice (speed vs accuracy)")
+    parser.add_argument("--gpu-batch-size", type=int, default=None,
+                        help="windows per onnxruntime run when the folds run on CUDA (T4: 64-128)")
+    parser.add_argument("--degrade", default=None,
+                        help="the run budget's speed-ups, in the order the kernel may take them when the projected "
+                             "run passes its margin (default tta_off,stride_2,half_folds; 'none': never)")
+    parser.add_argument("--expected-series", type=int, default=None,
+                        help="series the run budget projects for (default 2500, about the hidden test set)")
     parser.add_argument("--folds", type=_fold_list, default=None, help="bundle only these folds, e.g. 0,1")
     parser.add_argument("--log-level", default="INFO")
     return parser.parse_args(argv)
@@ -82,7 +89,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.wheel_packages else None,
         wheel_platforms=tuple(args.wheel_platform) if args.wheel_platform else WHEEL_PLATFORMS,
         python_version=args.python_version, tta=None if args.tta == "keep" else args.tta == "on",
-        batch_size=args.batch_size, stride=args.stride, folds=args.folds,
+        batch_size=args.batch_size, stride=args.stride, folds=args.folds, gpu_batch_size=args.gpu_batch_size,
+        degrade_steps=None if args.degrade is None else tuple(
+            s.strip() for s in args.degrade.split(",") if s.strip() and args.degrade.strip() != "none"),
+        expected_series=args.expected_series,
     )
     try:
         result = build(options)
@@ -97,7 +107,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"runtime modules: {', '.join(result.modules)}")
     agg, win = result.manifest.aggregation, result.manifest.windows
     print(f"folds {[f.fold for f in result.manifest.folds]}, opsets {sorted(set(result.opsets.values()))}, "
-          f"tta_flip={agg.tta_flip}, batch_size={win.batch_size}, stride={win.stride}")
+          f"tta_flip={agg.tta_flip}, batch_size={win.batch_size}, gpu_batch_size={win.gpu_batch_size}, "
+          f"stride={win.stride}, degrade steps {list(result.manifest.budget.degrade_steps) or 'none'}")
     print_sizes(result.sizes)
     return 0
 

@@ -36,12 +36,19 @@ class BuildResult:
 
 
 def _adjusted_manifest(manifest: Manifest, options: BuildOptions) -> Manifest:
-    """Apply the TTA, batch, stride and fold options as config fields (the ONNX files and hashes stay as they are)."""
+    """Apply the TTA, batch, stride, fold and budget options as config fields (the ONNX files and hashes stay)."""
     windows = manifest.windows
     if options.batch_size is not None:
         windows = dataclasses.replace(windows, batch_size=options.batch_size)
     if options.stride is not None:
         windows = dataclasses.replace(windows, stride=options.stride)
+    if options.gpu_batch_size is not None:
+        windows = dataclasses.replace(windows, gpu_batch_size=options.gpu_batch_size)
+    budget = manifest.budget
+    if options.degrade_steps is not None:
+        budget = dataclasses.replace(budget, degrade_steps=options.degrade_steps)
+    if options.expected_series is not None:
+        budget = dataclasses.replace(budget, expected_series=options.expected_series)
     aggregation = manifest.aggregation
     if options.tta is not None:
         aggregation = dataclasses.replace(aggregation, tta_flip=options.tta)
@@ -51,9 +58,10 @@ def _adjusted_manifest(manifest: Manifest, options: BuildOptions) -> Manifest:
     provenance = dict(manifest.provenance)
     provenance["bundle"] = {"built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                             "tta_flip": aggregation.tta_flip, "batch_size": windows.batch_size,
-                            "stride": windows.stride, "folds": [f.fold for f in folds]}
+                            "stride": windows.stride, "gpu_batch_size": windows.gpu_batch_size,
+                            "degrade_steps": list(budget.degrade_steps), "folds": [f.fold for f in folds]}
     return dataclasses.replace(manifest, windows=windows, aggregation=aggregation, folds=folds,
-                               provenance=provenance)
+                               provenance=provenance, budget=budget)
 
 
 def _tree_size(path: Path) -> tuple[int, int]:

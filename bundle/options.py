@@ -45,6 +45,9 @@ class BuildOptions:
     tta: bool | None = None  # None keeps the manifest's aggregation.tta_flip
     batch_size: int | None = None  # None keeps the manifest's windows.batch_size
     stride: int | None = None  # None keeps the manifest's windows.stride
+    gpu_batch_size: int | None = None  # None keeps the manifest's windows.gpu_batch_size
+    degrade_steps: tuple[str, ...] | None = None  # None keeps the manifest's budget.degrade_steps
+    expected_series: int | None = None  # None keeps the manifest's budget.expected_series
     folds: tuple[int, ...] | None = None  # None bundles every fold of the manifest
 
 
@@ -76,6 +79,17 @@ def check_options(options: BuildOptions) -> str:
         problems.append(f"batch size must be >= 1, got {options.batch_size}")
     if options.stride is not None and options.stride < 1:
         problems.append(f"stride must be >= 1, got {options.stride}")
+    if options.gpu_batch_size is not None and options.gpu_batch_size < 1:
+        problems.append(f"GPU batch size must be >= 1, got {options.gpu_batch_size}")
+    if options.degrade_steps is not None:
+        from inference.budget import DEGRADE_STEPS
+
+        unknown = [s for s in options.degrade_steps if s not in DEGRADE_STEPS]
+        if unknown or len(set(options.degrade_steps)) != len(options.degrade_steps):
+            problems.append(f"--degrade {','.join(options.degrade_steps)}: steps must be distinct names among "
+                            f"{', '.join(DEGRADE_STEPS)}")
+    if options.expected_series is not None and options.expected_series < 1:
+        problems.append(f"expected series must be >= 1, got {options.expected_series}")
     if options.wheel_dir is not None and not Path(options.wheel_dir).is_dir():
         problems.append(f"--wheel-dir {options.wheel_dir} is not a folder")
     if problems:

@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import sys
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -45,10 +46,10 @@ def summarize_run(run_record: str | Path, *, labels_csv: str | Path | None = Non
     slices = [int(series.get(uid, {}).get("slices") or record["files"].get(uid, 0)) for uid in order]
     startup = record["first_answer_at"] - record.get("process_started_at", record["gateway_started_at"])
     timing = summarize_timing(durations, slices, startup_s=startup, projected_series=projected_series)
-    answers: dict[str, int] = {}
-    for report in series.values():
-        answers[report["answer"]] = answers.get(report["answer"], 0) + 1
-    out: dict[str, Any] = {"timing": asdict(timing), "answers": answers, "submission": record["submission"]}
+    answers = dict(Counter(report["answer"] for report in series.values()))
+    degraded = dict(Counter(report.get("degraded", "full") for report in series.values()))
+    out: dict[str, Any] = {"timing": asdict(timing), "answers": answers, "degraded": degraded,
+                           "run_budget": record.get("run_budget"), "submission": record["submission"]}
     submission = labels = score = None
     if labels_csv is not None:
         submission, labels = pl.read_parquet(record["submission"]), read_labels(labels_csv)
@@ -69,6 +70,11 @@ def _print(summary: dict[str, Any], timing_lines: list[str]) -> None:
     for line in timing_lines:
         print(f"timing: {line}")
     print(f"answers: {summary['answers']}  (model: every window; partial: the budget ran out; priors: failed)")
+    print(f"speed-ups in force (series per level): {summary['degraded']}")
+    budget = summary.get("run_budget") or {}
+    for decision in budget.get("decisions", []):
+        print(f"  after {decision['after_series']} series the run projected {decision['projected_h']:.2f} h of "
+              f"{budget['limit_h']:.0f} h: level {decision['level']} ({decision['steps']})")
     score = summary.get("score")
     if score is not None:
         print(f"score: {score['score']:.4f} (Aneurysm Present AUC {score['present_auc']:.4f}, "

@@ -9,7 +9,8 @@ from typing import Any, Literal
 
 from .errors import ConfigError
 
-__all__ = ["PreprocessConfig", "WindowConfig", "AggregationConfig", "config_hash", "setting", "help_text"]
+__all__ = ["PreprocessConfig", "WindowConfig", "AggregationConfig", "BudgetConfig", "config_hash", "setting",
+           "help_text"]
 
 
 def setting(default: Any, help: str) -> Any:
@@ -60,6 +61,7 @@ class WindowConfig:
     stride: int = setting(1, "the kernel visits every stride-th centre slice")
     scale: float = setting(1.0 / 255.0, "model input = uint8 pixel * scale")
     batch_size: int = setting(16, "windows per onnxruntime run in the kernel")
+    gpu_batch_size: int | None = setting(None, "windows per run when the folds run on CUDA (null: batch_size)")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "offsets", tuple(int(v) for v in self.offsets))
@@ -69,6 +71,8 @@ class WindowConfig:
             raise ConfigError(f"stride must be >= 1, got {self.stride}")
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.gpu_batch_size is not None and self.gpu_batch_size < 1:
+            raise ConfigError(f"gpu_batch_size must be >= 1 or null, got {self.gpu_batch_size}")
 
     @property
     def channels(self) -> int:
@@ -92,6 +96,30 @@ class AggregationConfig:
             raise ConfigError(f"method must be 'max' or 'topk_mean', got {self.method!r}")
         if self.top_k < 1:
             raise ConfigError(f"top_k must be >= 1, got {self.top_k}")
+
+
+@dataclass(frozen=True)
+class BudgetConfig:
+    """The whole run's limits, and the steps (in order) by which the kernel trades accuracy for time."""
+
+    run_hours: float = setting(12.0, "the competition's limit for the whole hidden test set")
+    expected_series: int = setting(2500, "about how many series the hidden test set holds")
+    margin: float = setting(0.85, "degrade one step when the projected run passes this share of the limit")
+    recover: float = setting(0.8, "undo a step when the level below projects under margin x recover x limit")
+    window: int = setting(20, "recent series whose mean time the projection uses")
+    degrade_steps: tuple[str, ...] = setting(("tta_off", "stride_2", "half_folds"),
+                                             "the speed-ups, in the order they are taken (tta_off, stride_2, "
+                                             "half_folds); empty: never degrade")
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "degrade_steps", tuple(str(s) for s in self.degrade_steps))
+        if self.run_hours <= 0 or self.expected_series < 1 or self.window < 1:
+            raise ConfigError(f"run_hours, expected_series and window must be positive, got {self.run_hours}, "
+                              f"{self.expected_series}, {self.window}")
+        if not 0.0 < self.margin <= 1.0 or not 0.0 < self.recover <= 1.0:
+            raise ConfigError(f"margin and recover must be in (0, 1], got {self.margin}, {self.recover}")
+        if len(set(self.degrade_steps)) != len(self.degrade_steps):
+            raise ConfigError(f"degrade_steps repeats a step: {self.degrade_steps}")
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -16,7 +16,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,8 @@ import onnxruntime  # noqa: F401 - imported now, on the main thread (see above)
 import polars as pl
 
 from . import ensemble, gateway, load, normalize  # noqa: F401 - imported now, on the main thread (see above)
+from .budget import RunBudget
+from .config import BudgetConfig
 from .decode_pool import DecodeLimits, DecodePool
 from .labels import LABELS
 from .predict import UNIFORM_PRIOR, Predictor, SeriesReport, probabilities_frame
@@ -53,6 +55,8 @@ ENV = {
     "decode_workers": "RSNA_DECODE_WORKERS",  # decoding worker processes; default min(4, cores)
     "decode_timeout": "RSNA_DECODE_TIMEOUT_S",  # seconds a compressed file may take (+ per MB); default 20
     "decode_memory": "RSNA_DECODE_MEMORY_MB",  # address-space limit of each decoding worker; default 4096
+    "run_hours": "RSNA_RUN_HOURS",  # the whole run's limit for the budget's projection; default the manifest's (12)
+    "expected_series": "RSNA_EXPECTED_SERIES",  # series the run is projected for; default the manifest's (2500)
 }
 RERUN_ENV = gateway.RERUN_ENV
 DEFAULT_BUDGET_S = 600.0  # well under Kaggle's 30 minutes per call
@@ -85,6 +89,8 @@ class KernelConfig:
     folds: tuple[int, ...] | None = None
     budget_s: float = DEFAULT_BUDGET_S
     decode: DecodeLimits = DecodeLimits()
+    run_hours: float | None = None  # None: the manifest's budget.run_hours
+    expected_series: int | None = None  # None: the manifest's budget.expected_series
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> KernelConfig:
@@ -125,6 +131,8 @@ class KernelConfig:
             folds=tuple(int(f) for f in folds) if folds else None,
             budget_s=float(get("budget") or DEFAULT_BUDGET_S),
             decode=decode,
+            run_hours=float(get("run_hours")) if get("run_hours") else None,
+            expected_series=int(get("expected_series")) if get("expected_series") else None,
         )
 
 
@@ -140,6 +148,10 @@ class KernelRuntime:
         self.pool = DecodePool(config.decode)
         self.predictor = Predictor(config.weights_dir, providers=providers, folds=config.folds,
                                    decode_pool=self.pool, budget_s=config.budget_s)
+        budget = self.predictor.manifest.budget if self.predictor.manifest is not None else BudgetConfig()
+        changes = {k: v for k, v in (("run_hours", config.run_hours), ("expected_series", config.expected_series))
+                   if v is not None}
+        self.budget = RunBudget(replace(budget, **changes))
         self.reports: dict[str, SeriesReport] = {}
         self._loader: threading.Thread | None = None
 
@@ -164,8 +176,9 @@ class KernelRuntime:
     def answer(self, series_path: str) -> pl.DataFrame:
         """The 1-row answer of one series; then the consumed series is removed from the share folder."""
         try:
-            probs, report = self.predictor.predict_series(series_path)
+            probs, report = self.predictor.predict_series(series_path, degradation=self.budget.current)
             self.reports[report.series_uid] = report
+            self.budget.record(report.total_s)
             return probabilities_frame(probs)
         finally:
             self._remove_consumed(series_path)
@@ -336,6 +349,7 @@ def _write_run_record(run: gateway.GatewayRun, config: KernelConfig) -> Path:
         "files": run.files,
         "series": {uid: asdict(report) for uid, report in reports.items()},
         "budget_s": config.budget_s,
+        "run_budget": _RUNTIME.budget.summary() if _RUNTIME is not None else None,
         "submission": str(run.submission_path),
     }
     path = config.output_dir / RUN_RECORD_NAME

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import AggregationConfig, PreprocessConfig, WindowConfig, from_dict, to_dict
+from .config import AggregationConfig, BudgetConfig, PreprocessConfig, WindowConfig, from_dict, to_dict
 from .errors import ConfigError, ManifestError
 from .labels import LABELS
 
@@ -65,6 +65,7 @@ class Manifest:
         folds: one FoldEntry per ONNX file.
         priors: 14 fallback probabilities (e.g. training prevalence) used when a series cannot be predicted.
         provenance: free-form facts about the bundle (git commit, config, date...).
+        budget: the whole run's limits and the degradation steps the kernel may take (optional in the JSON).
         format_version: manifest format version (FORMAT_VERSION).
     """
 
@@ -79,6 +80,7 @@ class Manifest:
     folds: tuple[FoldEntry, ...]
     priors: tuple[float, ...]
     provenance: dict[str, Any] = field(default_factory=dict)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
@@ -103,6 +105,7 @@ class Manifest:
             "folds": [dataclasses.asdict(f) for f in self.folds],
             "priors": list(self.priors),
             "provenance": json.loads(json.dumps(self.provenance, default=str)),
+            "budget": to_dict(self.budget),
         }
 
     @classmethod
@@ -135,6 +138,7 @@ class Manifest:
                 folds=folds,
                 priors=tuple(float(p) for p in data["priors"]),
                 provenance=dict(data.get("provenance") or {}),
+                budget=from_dict(BudgetConfig, data.get("budget") or {}),  # optional: older bundles have none
                 format_version=int(version),
             )
         except ConfigError as exc:

@@ -1,6 +1,7 @@
 """Predictor: one series folder -> 14 probabilities from the fold ensemble, within a time budget; never raises."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -12,6 +13,7 @@ import numpy as np
 import polars as pl
 
 from .aggregate import aggregate_windows
+from .budget import Degradation
 from .decode_pool import DecodePool
 from .ensemble import FoldEnsemble, load_ensemble
 from .errors import DeadlineError, KitError, ManifestError
@@ -62,6 +64,7 @@ class SeriesReport:
     aggregate_s: float = 0.0
     total_s: float = 0.0
     overlapped: bool = False  # preprocessing ran in a thread under the model's work (infer_s includes it)
+    degraded: str = "full"  # the run budget's speed-ups in force for this series (see inference.budget)
     answer: str = "priors"
     error: str = ""
 
@@ -69,7 +72,8 @@ class SeriesReport:
         how = " (overlapped with infer)" if self.overlapped else ""
         scored = f"{self.windows} windows" if self.windows == self.windows_total else \
             f"{self.windows} of {self.windows_total} windows"
-        text = (f"series {self.series_uid}: {self.slices} slices {self.modality}, {scored} | "
+        level = "" if self.degraded == "full" else f" [{self.degraded}]"
+        text = (f"series {self.series_uid}: {self.slices} slices {self.modality}, {scored}{level} | "
                 f"load {self.load_s:.3f}s preprocess {self.preprocess_s:.3f}s{how} infer {self.infer_s:.3f}s "
                 f"aggregate {self.aggregate_s:.4f}s | total {self.total_s:.3f}s | answer: {self.answer}")
         return text + (f" ({self.error})" if self.error else "")
@@ -211,7 +215,8 @@ class Predictor:
 
     # --- one series ---------------------------------------------------------------------------------------
     def predict_probabilities(self, series_path: str | Path, *, deadline: float | None = None,
-                              report: SeriesReport | None = None) -> np.ndarray:
+                              report: SeriesReport | None = None,
+                              degradation: Degradation | None = None) -> np.ndarray:
         """The series' 14 probabilities; raises on any failure (`predict_series` is the never-raising wrapper).
 
         Args:
@@ -219,12 +224,15 @@ class Predictor:
             deadline: `time.monotonic()` past which no new batch of windows starts: the answer then comes from
                 the windows scored so far (report.answer "partial").
             report: filled with what the call did (a fresh one when None).
+            degradation: the run budget's speed-ups for this series (TTA off, stride x 2, half the folds).
         Raises:
             SeriesLoadError, ManifestError, InferenceError, ConfigError, DeadlineError (the deadline passed
             before any window was scored), or whatever the failure was.
         """
         series_path = str(series_path)
         report = report if report is not None else SeriesReport(series_uid=Path(series_path).name)
+        degradation = degradation or Degradation()
+        report.degraded = degradation.describe()
         start = time.perf_counter()
         ensemble = self.ensemble
         preprocess = ensemble.manifest.preprocess
@@ -232,24 +240,31 @@ class Predictor:
             volume = self.loader(series_path) if self.loader is not None else \
                 load_series(series_path, pool=self.decode_pool, deadline=deadline)
             report.load_s = time.perf_counter() - start
-            probs = self._score(ensemble, volume, None, report, deadline)
+            probs = self._score(ensemble, volume, None, report, deadline, degradation)
         else:  # the volume streams in: the model starts on the first slices while later files still decode
             stream = SeriesStream(plan_series(series_path), pool=self.decode_pool, deadline=deadline)
             stream.first = list(sample_slices(stream.volume, preprocess))  # what plan_slices reads
             stream.start()
             try:
-                probs = self._score(ensemble, stream.volume, stream, report, deadline)
+                probs = self._score(ensemble, stream.volume, stream, report, deadline, degradation)
             except SeriesRestacked:  # a file was lost mid-way: score the rebuilt volume from the start
                 log.info("series %s: restarted on the volume rebuilt without its lost files", report.series_uid)
-                probs = self._score(ensemble, stream.result(), None, report, deadline)
+                probs = self._score(ensemble, stream.result(), None, report, deadline, degradation)
             report.load_s = stream.seconds
         report.total_s = time.perf_counter() - start
         return probs
 
     def _score(self, ensemble: FoldEnsemble, volume: Volume, stream: SeriesStream | None, report: SeriesReport,
-               deadline: float | None) -> np.ndarray:
+               deadline: float | None, degradation: Degradation) -> np.ndarray:
         """Window probabilities of `volume` (still filling when `stream` is given) aggregated into 14 values."""
         manifest = ensemble.manifest
+        windows = manifest.windows
+        on_cuda = "CUDAExecutionProvider" in ensemble.providers
+        windows = dataclasses.replace(
+            windows, stride=windows.stride * degradation.stride_factor,
+            batch_size=windows.gpu_batch_size if on_cuda and windows.gpu_batch_size else windows.batch_size)
+        tta = False if degradation.tta_off else None
+        folds = -(-len(ensemble.sessions) // 2) if degradation.half_folds else None
         t1 = time.perf_counter()
         if stream is not None and not stream.streamable:  # another plane: canonical slices need every file
             volume, stream = stream.result(), None
@@ -267,12 +282,12 @@ class Predictor:
             stack, ready = preprocess_volume(volume, manifest.preprocess).pixels, None
             report.preprocess_s = time.perf_counter() - t1
         try:
-            report.windows_total = len(range(0, stack.shape[0], manifest.windows.stride))
+            report.windows_total = len(range(0, stack.shape[0], windows.stride))
             parts = []
-            for batch in iter_window_batches(stack, manifest.windows, dtype=ensemble.input_dtype, ready=ready):
+            for batch in iter_window_batches(stack, windows, dtype=ensemble.input_dtype, ready=ready):
                 if deadline is not None and time.monotonic() > deadline:
                     break
-                parts.append(ensemble.predict_windows(batch.inputs))
+                parts.append(ensemble.predict_windows(batch.inputs, tta=tta, folds=folds))
         finally:
             if slices is not None:
                 slices.close()
@@ -290,7 +305,8 @@ class Predictor:
         report.answer = "model" if report.windows == report.windows_total else "partial"
         return probs
 
-    def predict_series(self, series_path: str | Path) -> tuple[np.ndarray, SeriesReport]:
+    def predict_series(self, series_path: str | Path, *,
+                       degradation: Degradation | None = None) -> tuple[np.ndarray, SeriesReport]:
         """The series' 14 probabilities and its report; the priors when anything fails or the budget runs out.
 
         Never raises. With `budget_s`, the work runs in a thread that the call leaves behind (logged) when it is
@@ -302,11 +318,12 @@ class Predictor:
         if self._stuck:
             log.warning("%d earlier series still run in the background (stuck in native code)", len(self._stuck))
         if self.budget_s is None:
-            probs = self._answer(series_path, None, report)
+            probs = self._answer(series_path, None, report, degradation)
         else:
             deadline = start + self.budget_s
             result: list[np.ndarray] = []
-            worker = threading.Thread(target=lambda: result.append(self._answer(series_path, deadline, report)),
+            worker = threading.Thread(target=lambda: result.append(self._answer(series_path, deadline, report,
+                                                                                  degradation)),
                                       name=f"series-{report.series_uid[-12:]}", daemon=True)
             worker.start()
             worker.join(self.budget_s + self.watchdog_grace_s)
@@ -327,9 +344,10 @@ class Predictor:
         log.info(report.line())
         return probs, report
 
-    def _answer(self, series_path: str | Path, deadline: float | None, report: SeriesReport) -> np.ndarray:
+    def _answer(self, series_path: str | Path, deadline: float | None, report: SeriesReport,
+                degradation: Degradation | None) -> np.ndarray:
         try:
-            return self.predict_probabilities(series_path, deadline=deadline, report=report)
+            return self.predict_probabilities(series_path, deadline=deadline, report=report, degradation=degradation)
         except Exception as exc:  # the run must go on: any failure costs this series only
             kind = "" if isinstance(exc, KitError) else " (unexpected)"
             report.answer, report.error = "priors", f"{type(exc).__name__}{kind}: {exc}"

@@ -52,7 +52,8 @@ def built(weights, tmp_path_factory) -> dict:
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
         status = build_kernel.main(["--weights", str(weights), "--out", str(out), "--username", "tester",
-                                    "--tta", "on", "--batch-size", "7", "--no-gpu"])
+                                    "--tta", "on", "--batch-size", "7", "--no-gpu", "--gpu-batch-size", "64",
+                                    "--degrade", "stride_2,tta_off", "--expected-series", "100"])
     assert status == 0
     return {"out": out, "dataset": out / "dataset", "kernel": out / "kernel", "stdout": stdout.getvalue()}
 
@@ -81,6 +82,8 @@ def test_dataset_holds_runtime_package_and_weights(built, weights):
     assert "train_minimal.py" not in files and "build_kernel.py" not in files
     bundled = Manifest.read(dataset / "weights", verify=True)
     assert bundled.aggregation.tta_flip is True and bundled.windows.batch_size == 7
+    assert bundled.windows.gpu_batch_size == 64
+    assert bundled.budget.degrade_steps == ("stride_2", "tta_off") and bundled.budget.expected_series == 100
     source = Manifest.read(weights, verify=True)
     assert [f.sha256 for f in bundled.folds] == [f.sha256 for f in source.folds]
     assert [sha256_file(dataset / "weights" / f.file) for f in bundled.folds] == [f.sha256 for f in source.folds]
@@ -167,6 +170,27 @@ def test_bundled_kernel_runs_offline_in_a_clean_process(built, phantom_test, tmp
     assert summary["timing"]["series"] == len(expected) and summary["answers"] == {"model": len(expected)}
     assert 0.0 <= summary["score"]["score"] <= 1.0
     assert not any(p.is_symlink() for p in (tmp / "shared").rglob("*"))  # every consumed series removed
+
+
+def test_a_run_projected_past_its_limit_degrades_and_the_record_shows_it(built, phantom_test, tmp_path):
+    from evaluation.__main__ import summarize_run
+
+    working = tmp_path / "working"
+    working.mkdir()
+    env = clean_kernel_env(tmp_path, built["dataset"], phantom_test, RSNA_RUN_HOURS="0.0001",  # 0.36 s for 100
+                           RSNA_GATEWAY_SEED="0")
+    proc = subprocess.run([sys.executable, str(built["kernel"] / "rsna-aneurysm-kit-submission.py")], cwd=working,
+                          env=env, capture_output=True, text=True, timeout=300)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    assert "degrade level up to 1 (stride_2)" in log and "degrade level up to 2 (stride_2+tta_off)" in log
+    record = json.loads((working / "gateway_run.json").read_text())
+    decisions = record["run_budget"]["decisions"]
+    assert [d["steps"] for d in decisions] == ["stride_2", "stride_2+tta_off"]
+    levels = [record["series"][uid]["degraded"] for uid in record["order"]]
+    assert levels[0] == "full" and levels[-1] == "stride_2+tta_off"
+    summary = summarize_run(working / "gateway_run.json")
+    assert summary["degraded"]["stride_2+tta_off"] >= 1 and summary["run_budget"]["decisions"] == decisions
 
 
 def test_bundled_kernel_decodes_compressed_series_in_its_pool_once(built, tmp_path):

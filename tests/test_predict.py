@@ -269,9 +269,9 @@ def test_past_the_budget_the_answer_comes_from_the_windows_already_scored(plante
     predictor = Predictor(folder, providers=["CPUExecutionProvider"], loader=lambda _: volume, budget_s=100.0)
     real_predict_windows = predictor.ensemble.predict_windows
 
-    def slow_windows(batch):  # every batch costs 30 s of the fake clock: batches 1-4 start within 100 s
+    def slow_windows(batch, **options):  # every batch costs 30 s of the fake clock: batches 1-4 start in 100 s
         clock["now"] += 30.0
-        return real_predict_windows(batch)
+        return real_predict_windows(batch, **options)
 
     monkeypatch.setattr(predictor.ensemble, "predict_windows", slow_windows)
     probs, report = predictor.predict_series("slow")
