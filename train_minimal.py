@@ -105,6 +105,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "oof" in summary:
             overall = summary["oof"]["overall"]
             brief["oof"] = {k: overall[k] for k in ("score", "present_auc", "mean_location_auc", "series")}
+        if "aggregation" in summary:  # fixed reductions vs the learned aggregator, on the same OOF series
+            brief["aggregation"] = summary["aggregation"]
         print(json.dumps(brief, indent=2, default=str))
     return 0
 

@@ -67,6 +67,13 @@ def check_weights(weights: Path, *, folds: Sequence[int] | None = None) -> tuple
         raise BuildError(f"weights check failed: {exc}") from exc
     if tuple(manifest.labels) != LABELS:
         raise BuildError(f"weights check failed: label order {list(manifest.labels)} is not the competition's")
+    if manifest.aggregation.method == "learned":  # the kernel would fall back to a fixed reduction: refuse it here
+        from inference.aggregate import LearnedAggregator
+
+        try:
+            LearnedAggregator.from_dict(manifest.aggregator or {})
+        except ManifestError as exc:
+            raise BuildError(f"weights check failed: aggregation.method is 'learned' but {exc}") from exc
     try:
         ensemble = load_ensemble(weights, providers=["CPUExecutionProvider"], folds=folds, manifest=manifest,
                                  threads=1)

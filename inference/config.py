@@ -85,15 +85,17 @@ class AggregationConfig:
 
     fold_average: Literal["prob", "logit"] = setting("prob", "prob (mean of fold probabilities) or logit (sigmoid of "
                                                      "the mean logit)")
-    method: Literal["max", "topk_mean"] = setting("max", "max or topk_mean: window -> series reduction per label")
+    method: Literal["max", "topk_mean", "learned"] = setting(
+        "max", "max, topk_mean, or learned (the manifest's aggregator, fitted by the trainer on out-of-fold "
+               "windows): window -> series reduction per label")
     top_k: int = setting(3, "windows averaged by topk_mean")
     tta_flip: bool = setting(False, "also run the left-right mirrored window and swap left/right labels back")
 
     def __post_init__(self) -> None:
         if self.fold_average not in ("prob", "logit"):
             raise ConfigError(f"fold_average must be 'prob' or 'logit', got {self.fold_average!r}")
-        if self.method not in ("max", "topk_mean"):
-            raise ConfigError(f"method must be 'max' or 'topk_mean', got {self.method!r}")
+        if self.method not in ("max", "topk_mean", "learned"):
+            raise ConfigError(f"method must be 'max', 'topk_mean' or 'learned', got {self.method!r}")
         if self.top_k < 1:
             raise ConfigError(f"top_k must be >= 1, got {self.top_k}")
 

@@ -66,6 +66,8 @@ class Manifest:
         priors: 14 fallback probabilities (e.g. training prevalence) used when a series cannot be predicted.
         provenance: free-form facts about the bundle (git commit, config, date...).
         budget: the whole run's limits and the degradation steps the kernel may take (optional in the JSON).
+        aggregator: the learned aggregator's numbers (`inference.aggregate.LearnedAggregator.to_dict`), used when
+            aggregation.method is "learned" (optional in the JSON).
         format_version: manifest format version (FORMAT_VERSION).
     """
 
@@ -81,6 +83,7 @@ class Manifest:
     priors: tuple[float, ...]
     provenance: dict[str, Any] = field(default_factory=dict)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
+    aggregator: dict[str, Any] | None = None
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
@@ -106,6 +109,7 @@ class Manifest:
             "priors": list(self.priors),
             "provenance": json.loads(json.dumps(self.provenance, default=str)),
             "budget": to_dict(self.budget),
+            **({"aggregator": self.aggregator} if self.aggregator is not None else {}),
         }
 
     @classmethod
@@ -139,6 +143,7 @@ class Manifest:
                 priors=tuple(float(p) for p in data["priors"]),
                 provenance=dict(data.get("provenance") or {}),
                 budget=from_dict(BudgetConfig, data.get("budget") or {}),  # optional: older bundles have none
+                aggregator=data.get("aggregator"),
                 format_version=int(version),
             )
         except ConfigError as exc:
@@ -204,6 +209,7 @@ class Manifest:
             out.append(f"priors must be finite probabilities in [0, 1], got {list(self.priors)}")
         if not self.folds:
             out.append("no folds listed")
+
         ids = [f.fold for f in self.folds]
         if len(set(ids)) != len(ids):
             out.append(f"fold ids are not unique: {ids}")

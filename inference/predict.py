@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from .aggregate import aggregate_windows
+from .aggregate import make_aggregator
 from .budget import Degradation
+from .config import AggregationConfig
 from .decode_pool import DecodePool
 from .ensemble import FoldEnsemble, load_ensemble
 from .errors import DeadlineError, KitError, ManifestError
@@ -174,8 +175,10 @@ class Predictor:
         self._stuck: list[threading.Thread] = []
         self.manifest: Manifest | None = None
         self.priors = np.full(len(LABELS), UNIFORM_PRIOR)
+        self.aggregator = make_aggregator(AggregationConfig(), None)
         try:
             self.manifest = Manifest.read(self.bundle_dir, verify=False)
+            self.aggregator = make_aggregator(self.manifest.aggregation, self.manifest.aggregator)
             self.priors = np.asarray(self.manifest.priors, dtype=np.float64)
             if self.priors.shape != (len(LABELS),) or not np.all((self.priors >= 0) & (self.priors <= 1)):
                 raise ManifestError(f"priors in {self.bundle_dir} are not 14 probabilities: {self.manifest.priors}")
@@ -219,6 +222,9 @@ class Predictor:
                               degradation: Degradation | None = None) -> np.ndarray:
         """The series' 14 probabilities; raises on any failure (`predict_series` is the never-raising wrapper).
 
+        The window probabilities of `window_probabilities`, reduced by the manifest's aggregation (a fixed
+        reduction, or the learned aggregator fitted by the trainer).
+
         Args:
             series_path: the series folder.
             deadline: `time.monotonic()` past which no new batch of windows starts: the answer then comes from
@@ -228,6 +234,22 @@ class Predictor:
         Raises:
             SeriesLoadError, ManifestError, InferenceError, ConfigError, DeadlineError (the deadline passed
             before any window was scored), or whatever the failure was.
+        """
+        report = report if report is not None else SeriesReport(series_uid=Path(str(series_path)).name)
+        window_probs = self.window_probabilities(series_path, deadline=deadline, report=report,
+                                                 degradation=degradation)
+        t0 = time.perf_counter()
+        probs = self.aggregator(window_probs, report.modality)
+        report.aggregate_s = time.perf_counter() - t0
+        report.total_s += report.aggregate_s
+        return probs
+
+    def window_probabilities(self, series_path: str | Path, *, deadline: float | None = None,
+                             report: SeriesReport | None = None,
+                             degradation: Degradation | None = None) -> np.ndarray:
+        """(N, 14) probabilities of the series' windows, in slice order (what the aggregation reduces).
+
+        Args and raises as `predict_probabilities`.
         """
         series_path = str(series_path)
         report = report if report is not None else SeriesReport(series_uid=Path(series_path).name)
@@ -240,23 +262,23 @@ class Predictor:
             volume = self.loader(series_path) if self.loader is not None else \
                 load_series(series_path, pool=self.decode_pool, deadline=deadline)
             report.load_s = time.perf_counter() - start
-            probs = self._score(ensemble, volume, None, report, deadline, degradation)
+            probs = self._windows(ensemble, volume, None, report, deadline, degradation)
         else:  # the volume streams in: the model starts on the first slices while later files still decode
             stream = SeriesStream(plan_series(series_path), pool=self.decode_pool, deadline=deadline)
             stream.first = list(sample_slices(stream.volume, preprocess))  # what plan_slices reads
             stream.start()
             try:
-                probs = self._score(ensemble, stream.volume, stream, report, deadline, degradation)
+                probs = self._windows(ensemble, stream.volume, stream, report, deadline, degradation)
             except SeriesRestacked:  # a file was lost mid-way: score the rebuilt volume from the start
                 log.info("series %s: restarted on the volume rebuilt without its lost files", report.series_uid)
-                probs = self._score(ensemble, stream.result(), None, report, deadline, degradation)
+                probs = self._windows(ensemble, stream.result(), None, report, deadline, degradation)
             report.load_s = stream.seconds
         report.total_s = time.perf_counter() - start
         return probs
 
-    def _score(self, ensemble: FoldEnsemble, volume: Volume, stream: SeriesStream | None, report: SeriesReport,
-               deadline: float | None, degradation: Degradation) -> np.ndarray:
-        """Window probabilities of `volume` (still filling when `stream` is given) aggregated into 14 values."""
+    def _windows(self, ensemble: FoldEnsemble, volume: Volume, stream: SeriesStream | None, report: SeriesReport,
+                 deadline: float | None, degradation: Degradation) -> np.ndarray:
+        """Window probabilities (N, 14) of `volume` (still filling when `stream` is given)."""
         manifest = ensemble.manifest
         windows = manifest.windows
         on_cuda = "CUDAExecutionProvider" in ensemble.providers
@@ -300,10 +322,8 @@ class Predictor:
         t3 = time.perf_counter()
         report.windows = int(window_probs.shape[0])
         report.infer_s = t3 - t1 if report.overlapped else t3 - t1 - report.preprocess_s
-        probs = aggregate_windows(window_probs, manifest.aggregation)
-        report.aggregate_s = time.perf_counter() - t3
         report.answer = "model" if report.windows == report.windows_total else "partial"
-        return probs
+        return window_probs
 
     def predict_series(self, series_path: str | Path, *,
                        degradation: Degradation | None = None) -> tuple[np.ndarray, SeriesReport]:

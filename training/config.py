@@ -168,6 +168,8 @@ class ExportConfig:
     fp16_tol: float = _f(5e-2, "parity tolerance of the float16 export")
     parity_windows: int = _f(32, "validation windows used in the parity check")
     oof: bool = _f(True, "score each exported fold on its held-out series through inference.predict.Predictor")
+    stack: bool = _f(True, "fit the learned aggregator on the out-of-fold windows (needs oof and 2+ folds); the "
+                           "kernel uses it when it beats the best fixed reduction in fold-wise cross-validation")
 
     def __post_init__(self) -> None:
         if self.opset < 17:

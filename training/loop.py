@@ -137,7 +137,9 @@ def validate(net: DualStreamNet, series: list[CachedSeries], cfg: TrainConfig, *
     net.train(was_training)
     y_true = np.stack([s.labels for s in series])
     report = {}
-    methods = {"configured": cfg.aggregation, "max": AggregationConfig(method="max"),
+    configured = cfg.aggregation if cfg.aggregation.method != "learned" else AggregationConfig(
+        method="topk_mean", top_k=cfg.aggregation.top_k)  # the learned aggregator is fitted after the folds
+    methods = {"configured": configured, "max": AggregationConfig(method="max"),
                "topk_mean": AggregationConfig(method="topk_mean", top_k=cfg.aggregation.top_k)}
     for name, agg in methods.items():
         y_pred = np.stack([aggregate_windows(p, agg) for p in window_probs])

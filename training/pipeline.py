@@ -1,6 +1,7 @@
 """The whole training run: read data, cache, K folds, train, export, manifest, out-of-fold report."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -26,6 +27,7 @@ from .loop import init_distributed, load_best, train_fold
 from .oof import oof_report
 from .pretrained import ensure_pretrained, pretrained_source
 from .sampling import CachedSeries, window_at
+from .stacking import fit_aggregator
 
 __all__ = ["run_training", "parity_windows", "config_fingerprint", "fold_file"]
 
@@ -67,6 +69,26 @@ def _previous_folds(out_dir: Path, fingerprint: str, exclude: set[int]) -> list[
         log.warning("%s holds folds of another config; they are dropped from the new manifest", out_dir)
         return []
     return [{"fold": f.fold, "file": f.file, "val_score": f.val_score} for f in old.folds if f.fold not in exclude]
+
+
+def _install_aggregator(out_dir: Path, windows: list, stacking: dict[str, Any]) -> dict[str, Any]:
+    """Fit the learned aggregator on every out-of-fold series and write it into the manifest; the manifest's method
+    becomes "learned" when it beat the best fixed reduction in fold-wise cross-validation (else it stays)."""
+    manifest = Manifest.read(out_dir, verify=True)
+    aggregator = fit_aggregator(windows)
+    gain = stacking["learned_gain"]
+    use = gain is not None and gain > 0
+    aggregation = dataclasses.replace(manifest.aggregation, method="learned") if use else manifest.aggregation
+    provenance = {**manifest.provenance, "aggregation": {
+        "used": aggregation.method, "learned_gain_cv": gain, "best_fixed": stacking["best_fixed"],
+        "scores_cv": {name: stacking[name]["score"] for name in ("max", "topk_mean", "learned")},
+        "series": stacking["series"]}}
+    dataclasses.replace(manifest, aggregation=aggregation, aggregator=aggregator.to_dict(),
+                        provenance=provenance).write(out_dir)
+    log.info("aggregation: %s (learned %s vs best fixed %s = %s in fold-wise cross-validation on %d OOF series)",
+             aggregation.method, stacking["learned"]["score"], stacking["best_fixed"],
+             stacking[stacking["best_fixed"]]["score"] if stacking["best_fixed"] else None, stacking["series"])
+    return provenance["aggregation"]
 
 
 def run_training(cfg: TrainConfig, *, data_dir: str | Path, out_dir: str | Path, cache_dir: str | Path,
@@ -151,7 +173,10 @@ def run_training(cfg: TrainConfig, *, data_dir: str | Path, out_dir: str | Path,
                                 "seconds": round(r.seconds, 1)} for f, r in results.items()}
         if cfg.export.oof:
             summary["oof"] = oof_report(out_dir, held_out, labels=labels, modality=modality,
-                                        folder_of=lambda u: folders[u], progress=progress)
+                                        folder_of=lambda u: folders[u], progress=progress, stack=cfg.export.stack)
+            windows = summary["oof"].pop("windows")
+            if cfg.export.stack and "stacking" in summary["oof"]:
+                summary["aggregation"] = _install_aggregator(out_dir, windows, summary["oof"]["stacking"])
     info.barrier()
     if info.world_size > 1 and dist.is_initialized():
         dist.destroy_process_group()

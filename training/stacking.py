@@ -1,0 +1,117 @@
+"""Fit the learned aggregator on out-of-fold windows, and measure it against the fixed reductions, fold by fold."""
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from evaluation.metric import score_predictions
+from inference.aggregate import FEATURE_NAMES, LearnedAggregator, aggregate_windows, series_features
+from inference.config import AggregationConfig
+from inference.labels import LABELS
+
+__all__ = ["SeriesWindows", "fit_aggregator", "cross_validated", "stacking_report"]
+
+log = logging.getLogger(__name__)
+
+_MIN_SCALE = 1e-6
+
+
+@dataclass(frozen=True)
+class SeriesWindows:
+    """One out-of-fold series: its window probabilities from the fold that did not train on it."""
+
+    uid: str
+    fold: int
+    modality: str  # "CT" or "MR" (the loader's), what the kernel's features see
+    windows: np.ndarray  # (N, 14)
+    labels: np.ndarray  # (14,)
+
+
+def _logistic(x: np.ndarray, y: np.ndarray, *, l2: float, iterations: int = 50) -> tuple[np.ndarray, float]:
+    """L2-regularised logistic regression by Newton's method: (weights, bias). The bias is not penalised."""
+    n, f = x.shape
+    design = np.concatenate([x, np.ones((n, 1))], axis=1)
+    beta = np.zeros(f + 1)
+    penalty = np.full(f + 1, l2)
+    penalty[-1] = 0.0
+    for _ in range(iterations):
+        p = np.exp(-np.logaddexp(0.0, -(design @ beta)))
+        gradient = design.T @ (p - y) + penalty * beta
+        hessian = (design * (p * (1 - p))[:, None]).T @ design + np.diag(penalty + 1e-9)
+        step = np.linalg.solve(hessian, gradient)
+        beta -= step
+        if np.abs(step).max() < 1e-8:
+            break
+    return beta[:-1], float(beta[-1])
+
+
+def fit_aggregator(series: Sequence[SeriesWindows], *, l2: float = 1.0) -> LearnedAggregator:
+    """Per-label logistic regressions on `series_features` of out-of-fold series.
+
+    Features are standardised over every (series, label) row; a label with one class in `series` keeps zero
+    weights and the bias of its prevalence (clipped), so it answers a constant.
+
+    Raises:
+        ValueError: no series.
+    """
+    if not series:
+        raise ValueError("fit_aggregator needs out-of-fold series")
+    features = np.stack([series_features(s.windows, s.modality) for s in series])  # (n, 14, F)
+    labels = np.stack([s.labels for s in series]).astype(np.float64)  # (n, 14)
+    flat = features.reshape(-1, features.shape[-1])
+    mean = flat.mean(axis=0)
+    scale = np.maximum(flat.std(axis=0), _MIN_SCALE)
+    standard = (features - mean) / scale
+    weights = np.zeros((len(LABELS), len(FEATURE_NAMES)))
+    bias = np.zeros(len(LABELS))
+    for j in range(len(LABELS)):
+        y = labels[:, j]
+        if y.min() == y.max():
+            rate = float(np.clip(y.mean(), 0.01, 0.99))
+            bias[j] = np.log(rate / (1 - rate))
+            continue
+        weights[j], bias[j] = _logistic(standard[:, j, :], y, l2=l2)
+    return LearnedAggregator(mean=mean, scale=scale, weights=weights, bias=bias)
+
+
+def cross_validated(series: Sequence[SeriesWindows], *, l2: float = 1.0) -> np.ndarray:
+    """(n, 14) learned answers for `series`, each from an aggregator fitted on the other folds' series only."""
+    out = np.zeros((len(series), len(LABELS)))
+    folds = sorted({s.fold for s in series})
+    for fold in folds:
+        train = [s for s in series if s.fold != fold]
+        held = [i for i, s in enumerate(series) if s.fold == fold]
+        if not train:  # one fold only: nothing to fit on without its own series
+            raise ValueError("cross-validation needs out-of-fold series from at least two folds")
+        aggregator = fit_aggregator(train, l2=l2)
+        for i in held:
+            out[i] = aggregator(series[i].windows, series[i].modality)
+    return out
+
+
+def stacking_report(series: Sequence[SeriesWindows], *, top_k: int, l2: float = 1.0) -> dict[str, Any]:
+    """Fixed reductions and the learned aggregator (fold-wise cross-validated) on the same out-of-fold series.
+
+    Returns:
+        {"max": scores, "topk_mean": scores, "learned": scores, "best_fixed": name, "learned_gain": score
+        difference (None when a score is undefined), "series": n}; scores as `evaluation.metric.score_predictions`.
+    """
+    truth = np.stack([s.labels for s in series])
+    answers = {
+        "max": np.stack([aggregate_windows(s.windows, AggregationConfig(method="max")) for s in series]),
+        "topk_mean": np.stack([aggregate_windows(s.windows, AggregationConfig(method="topk_mean", top_k=top_k))
+                               for s in series]),
+        "learned": cross_validated(series, l2=l2),
+    }
+    report: dict[str, Any] = {name: score_predictions(truth, probs) for name, probs in answers.items()}
+    fixed = {name: report[name]["score"] for name in ("max", "topk_mean") if report[name]["score"] is not None}
+    report["best_fixed"] = max(fixed, key=fixed.get) if fixed else None
+    learned = report["learned"]["score"]
+    report["learned_gain"] = None if learned is None or not fixed else learned - max(fixed.values())
+    report["series"] = len(series)
+    return report
+
