@@ -9,13 +9,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from inference.blend import Blend
+from inference.errors import ManifestError
 from inference.labels import COMPETITION_SLUG
 from inference.manifest import MANIFEST_NAME, Manifest
 
 from .checks import check_opsets, check_weights
 from .modules import PACKAGE, runtime_modules, vendor_packages
 from .notebook import kernel_cells, notebook_json, py_twin
-from .options import BUNDLE_MARKER, REPO, BuildOptions, check_options
+from .options import BUNDLE_MARKER, REPO, BuildError, BuildOptions, check_options
 from .wheels import collect_wheels, wheel_name_version
 
 __all__ = ["BuildResult", "build", "print_sizes"]
@@ -69,11 +71,14 @@ def _tree_size(path: Path) -> tuple[int, int]:
     return len(files), sum(p.stat().st_size for p in files)
 
 
-def _size_report(dataset: Path, kernel: Path, manifest: Manifest) -> list[tuple[str, int, int]]:
+def _size_report(dataset: Path, kernel: Path, members: list[tuple[str, Manifest]]) -> list[tuple[str, int, int]]:
     rows = [("runtime package (inference/)", *_tree_size(dataset / PACKAGE))]
-    for entry in manifest.folds:
-        rows.append((f"weights fold {entry.fold} ({entry.file})", *_tree_size(dataset / "weights" / entry.file)))
-    rows.append(("weights manifest", *_tree_size(dataset / "weights" / MANIFEST_NAME)))
+    for part, manifest in members:
+        where = f"{part}: " if part else ""
+        for entry in manifest.folds:
+            rows.append((f"weights {where}fold {entry.fold} ({entry.file})",
+                         *_tree_size(dataset / "weights" / part / entry.file)))
+        rows.append((f"weights {where}manifest", *_tree_size(dataset / "weights" / part / MANIFEST_NAME)))
     rows.append(("vendored libraries (vendor/)", *_tree_size(dataset / "vendor")))
     if (dataset / "wheels").is_dir():
         for wheel in sorted((dataset / "wheels").glob("*.whl")):
@@ -103,8 +108,18 @@ def build(options: BuildOptions) -> BuildResult:
     """
     kernel_title = check_options(options)
     weights = Path(options.weights)
-    manifest, opsets = check_weights(weights, folds=options.folds)
-    bundled = _adjusted_manifest(manifest, options)
+    try:
+        blend = Blend.read(weights)
+    except ManifestError as exc:
+        raise BuildError(f"weights check failed: {exc}") from exc
+    # one model, or each member of a blend (its folder under the weights folder)
+    parts = [""] if blend is None else [m.folder for m in blend.members]
+    members, opsets = [], {}
+    for part in parts:
+        manifest, member_opsets = check_weights(weights / part, folds=options.folds)
+        members.append((part, _adjusted_manifest(manifest, options)))
+        opsets.update({str(Path(part) / file): opset for file, opset in member_opsets.items()})
+    bundled = members[0][1]
     modules = runtime_modules()
     out = Path(options.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -114,16 +129,19 @@ def build(options: BuildOptions) -> BuildResult:
         (dataset / PACKAGE).mkdir(parents=True)
         for name in modules:
             shutil.copy2(REPO / PACKAGE / f"{name}.py", dataset / PACKAGE / f"{name}.py")
-        for entry in bundled.folds:
-            source = weights / entry.file
-            target = dataset / "weights" / entry.file
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target)
-            for extra in source.parent.glob(source.name + ".*"):  # external tensor data (fold_0.onnx.data)
-                shutil.copy2(extra, target.parent / extra.name)
+        for part, member in members:
+            for entry in member.folds:
+                source = weights / part / entry.file
+                target = dataset / "weights" / part / entry.file
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(source, target)
+                for extra in source.parent.glob(source.name + ".*"):  # external tensor data (fold_0.onnx.data)
+                    shutil.copy2(extra, target.parent / extra.name)
+            member.write(dataset / "weights" / part)
+            Manifest.read(dataset / "weights" / part, verify=True)  # the copy is what the kernel will read
+        if blend is not None:
+            blend.write(dataset / "weights")
         vendor_packages(dataset / "vendor")
-        bundled.write(dataset / "weights")
-        Manifest.read(dataset / "weights", verify=True)  # the copy is what the kernel will read
         _, wheel_versions = collect_wheels(options, dataset)
         check_opsets(opsets, wheel_versions.get("onnxruntime-gpu"))
         dataset_id = f"{options.username}/{options.dataset_slug}"
@@ -134,6 +152,7 @@ def build(options: BuildOptions) -> BuildResult:
 
         (dataset / BUNDLE_MARKER).write_text(json.dumps({
             "dataset_id": dataset_id, "modules": modules, "folds": [f.fold for f in bundled.folds],
+            "members": {part or "model": member.kind for part, member in members},
             "opsets": opsets, "checked_with_onnxruntime": onnxruntime.__version__, "wheels": wheel_versions,
             "aggregation": dataclasses.asdict(bundled.aggregation), "windows": dataclasses.asdict(bundled.windows),
         }, indent=2) + "\n")
@@ -168,7 +187,7 @@ def build(options: BuildOptions) -> BuildResult:
     dataset, kernel = out / "dataset", out / "kernel"
     result = BuildResult(dataset_dir=dataset, kernel_dir=kernel, notebook=kernel / notebook.name,
                          script=kernel / script.name, modules=modules, manifest=bundled, opsets=opsets)
-    result.sizes = _size_report(dataset, kernel, bundled)
+    result.sizes = _size_report(dataset, kernel, members)
     return result
 
 

@@ -79,7 +79,7 @@ def check_weights(weights: Path, *, folds: Sequence[int] | None = None) -> tuple
                                  threads=1)
     except ManifestError as exc:
         raise BuildError(f"weights check failed: {exc}") from exc
-    channels, size = manifest.windows.channels, manifest.preprocess.image_size
+    channels, size = manifest.input_channels, manifest.preprocess.image_size
     for session, fold in zip(ensemble.sessions, ensemble.fold_ids):
         batch = np.zeros((2, channels, size, size), dtype=manifest.input_dtype)
         (out,) = session.run([manifest.output_name], {manifest.input_name: batch})

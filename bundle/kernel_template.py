@@ -105,11 +105,13 @@ def run_kernel(bundle):
     sys.path.insert(0, root)
     if os.path.isdir(os.path.join(root, "vendor")):  # pure-Python libraries the image may lack (pebble, loky)
         sys.path.insert(1, os.path.join(root, "vendor"))
-    if not os.environ.get("RSNA_WEIGHTS_DIR"):
-        manifests = sorted(glob.glob(os.path.join(bundle, "weights", "manifest.json"))
-                           + glob.glob(os.path.join(bundle, "*", "weights", "manifest.json")))
-        if manifests:
-            os.environ["RSNA_WEIGHTS_DIR"] = os.path.dirname(manifests[0])
+    if not os.environ.get("RSNA_WEIGHTS_DIR"):  # one model (manifest.json) or a blend of several (bundle.json)
+        found = sorted(glob.glob(os.path.join(bundle, "weights", "bundle.json"))
+                       + glob.glob(os.path.join(bundle, "*", "weights", "bundle.json")))
+        found = found or sorted(glob.glob(os.path.join(bundle, "weights", "manifest.json"))
+                                + glob.glob(os.path.join(bundle, "*", "weights", "manifest.json")))
+        if found:
+            os.environ["RSNA_WEIGHTS_DIR"] = os.path.dirname(found[0])
 
     import inference
     from inference.kernel import main as kernel_main

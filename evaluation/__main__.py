@@ -18,6 +18,8 @@ from typing import Any
 
 import polars as pl
 
+from inference.labels import LABELS
+
 from .metric import MetricError
 from .report import write_report
 from .submission import SubmissionError, read_labels, score_submission
@@ -60,6 +62,22 @@ def summarize_run(run_record: str | Path, *, labels_csv: str | Path | None = Non
                             "per_modality": per_modality}
         except MetricError as exc:  # the submission stands; only its local score is undefined
             out["score_error"] = str(exc)
+    member_names = sorted({name for report in series.values() for name in report.get("member_probs", {})})
+    if member_names:  # a blend: each member's share of the time, and (with labels) each member's own score
+        total = sum(durations) or 1.0
+        out["members"] = {name: {"seconds": round(sum(r.get("members_s", {}).get(name, 0.0)
+                                                      for r in series.values()), 3)} for name in member_names}
+        for name in member_names:
+            out["members"][name]["time_share"] = round(out["members"][name]["seconds"] / total, 4)
+        if submission is not None and labels is not None:
+            for name in member_names:
+                frame = pl.DataFrame({"SeriesInstanceUID": list(series), **{
+                    label: [series[u]["member_probs"][name][j] for u in series] for j, label in enumerate(LABELS)}})
+                try:
+                    member_score, _ = score_submission(frame, labels)
+                    out["members"][name]["score"] = member_score.score
+                except MetricError as exc:
+                    out["members"][name]["score_error"] = str(exc)
     if report_png is not None:
         out["report"] = str(write_report(report_png, durations_s=durations, timing=timing, submission=submission,
                                          labels=labels, score=score))
@@ -75,6 +93,9 @@ def _print(summary: dict[str, Any], timing_lines: list[str]) -> None:
     for decision in budget.get("decisions", []):
         print(f"  after {decision['after_series']} series the run projected {decision['projected_h']:.2f} h of "
               f"{budget['limit_h']:.0f} h: level {decision['level']} ({decision['steps']})")
+    for name, member in (summary.get("members") or {}).items():
+        own = f", score {member['score']:.4f}" if "score" in member else ""
+        print(f"member {name}: {member['seconds']:.1f} s ({100 * member['time_share']:.0f}% of the calls){own}")
     score = summary.get("score")
     if score is not None:
         print(f"score: {score['score']:.4f} (Aneurysm Present AUC {score['present_auc']:.4f}, "

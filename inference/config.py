@@ -9,8 +9,10 @@ from typing import Any, Literal
 
 from .errors import ConfigError
 
-__all__ = ["PreprocessConfig", "WindowConfig", "AggregationConfig", "BudgetConfig", "config_hash", "setting",
-           "help_text"]
+__all__ = ["PreprocessConfig", "WindowConfig", "AggregationConfig", "BudgetConfig", "VolumeConfig", "config_hash",
+           "setting", "help_text", "MODEL_KINDS"]
+
+MODEL_KINDS = ("window25d", "volume32")  # the 2.5D window model; the whole series as channels of one image
 
 
 def setting(default: Any, help: str) -> Any:
@@ -98,6 +100,18 @@ class AggregationConfig:
             raise ConfigError(f"method must be 'max', 'topk_mean' or 'learned', got {self.method!r}")
         if self.top_k < 1:
             raise ConfigError(f"top_k must be >= 1, got {self.top_k}")
+
+
+@dataclass(frozen=True)
+class VolumeConfig:
+    """The volume model's input: the prepared stack resampled to `depth` slices, fed as `depth` channels."""
+
+    depth: int = setting(32, "slices the series is resampled to (linear, first to last): the model's input channels")
+    scale: float = setting(1.0 / 255.0, "model input = uint8 pixel * scale")
+
+    def __post_init__(self) -> None:
+        if self.depth < 2:
+            raise ConfigError(f"volume depth must be >= 2, got {self.depth}")
 
 
 @dataclass(frozen=True)

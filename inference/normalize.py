@@ -12,7 +12,8 @@ from .errors import InferenceError
 from .volume import Volume
 
 __all__ = ["PreparedVolume", "SliceGeometry", "SlicePlan", "preprocess_volume", "plan_slices", "prepare_slices",
-           "prepared_volume", "intensity_range", "slice_geometry", "to_uint8", "sample_slices", "warn_if_constant_ct"]
+           "prepared_volume", "intensity_range", "slice_geometry", "to_uint8", "sample_slices", "warn_if_constant_ct",
+           "resample_depth"]
 
 log = logging.getLogger(__name__)
 
@@ -198,17 +199,34 @@ def _resample_slices(stack: np.ndarray, spacing: float, target: float) -> tuple[
         return stack, 1.0
     scale = spacing / target
     count = max(1, int(np.floor((n - 1) * scale + 1e-6)) + 1)
-    positions = np.arange(count, dtype=np.float64) / scale
+    return _interpolate_slices(stack, np.arange(count, dtype=np.float64) / scale), scale
+
+
+def _interpolate_slices(stack: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """uint8 slices at fractional `positions` of a uint8 (Z, S, S) stack, linear between neighbours."""
+    n = stack.shape[0]
     lower = np.clip(np.floor(positions).astype(np.int64), 0, n - 1)
     upper = np.minimum(lower + 1, n - 1)
-    weight = (positions - lower).astype(np.float32)[:, None, None]
-    out = np.empty((count, *stack.shape[1:]), dtype=np.uint8)
-    for start in range(0, count, 32):  # chunks keep the float32 temporaries small
+    weight = np.clip(positions - lower, 0.0, 1.0).astype(np.float32)[:, None, None]
+    out = np.empty((len(positions), *stack.shape[1:]), dtype=np.uint8)
+    for start in range(0, len(positions), 32):  # chunks keep the float32 temporaries small
         sl = slice(start, start + 32)
         mixed = stack[lower[sl]] * (1.0 - weight[sl]) + stack[upper[sl]] * weight[sl]
         np.rint(mixed, out=mixed)
         out[sl] = mixed.astype(np.uint8)
-    return out, scale
+    return out
+
+
+def resample_depth(stack: np.ndarray, depth: int) -> np.ndarray:
+    """The prepared uint8 (Z, S, S) stack resampled to `depth` slices spread evenly from the first slice to the
+    last (linear interpolation along the slice axis): the volume model's input, one channel per slice.
+
+    Raises:
+        InferenceError: an empty stack or a depth below 1.
+    """
+    if stack.ndim != 3 or stack.shape[0] < 1 or depth < 1:
+        raise InferenceError(f"cannot resample a stack of shape {stack.shape} to {depth} slices")
+    return _interpolate_slices(stack, np.linspace(0.0, stack.shape[0] - 1, depth))
 
 
 def preprocess_volume(volume: Volume, cfg: PreprocessConfig) -> PreparedVolume:

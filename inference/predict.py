@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from .aggregate import make_aggregator
+from .aggregate import enforce_present_rule, make_aggregator
+from .blend import Blend
 from .budget import Degradation
 from .config import AggregationConfig
 from .decode_pool import DecodePool
@@ -26,6 +27,7 @@ from .normalize import (
     plan_slices,
     prepare_slices,
     preprocess_volume,
+    resample_depth,
     sample_slices,
     warn_if_constant_ct,
 )
@@ -66,6 +68,8 @@ class SeriesReport:
     total_s: float = 0.0
     overlapped: bool = False  # preprocessing ran in a thread under the model's work (infer_s includes it)
     degraded: str = "full"  # the run budget's speed-ups in force for this series (see inference.budget)
+    members_s: dict[str, float] = dataclasses.field(default_factory=dict)  # a blend: seconds per member
+    member_probs: dict[str, list[float]] = dataclasses.field(default_factory=dict)  # a blend: each member's answer
     answer: str = "priors"
     error: str = ""
 
@@ -176,7 +180,17 @@ class Predictor:
         self.manifest: Manifest | None = None
         self.priors = np.full(len(LABELS), UNIFORM_PRIOR)
         self.aggregator = make_aggregator(AggregationConfig(), None)
+        self.blend: Blend | None = None
+        self.members: dict[str, Predictor] = {}  # a blend's models, each a one-model Predictor
         try:
+            self.blend = Blend.read(self.bundle_dir)
+            if self.blend is not None:
+                self.members = {m.name: Predictor(self.bundle_dir / m.folder, providers=providers, folds=folds,
+                                                  threads=threads, decode_pool=decode_pool)
+                                for m in self.blend.members}
+                first = next(iter(self.members.values()))
+                self.manifest, self.priors = first.manifest, first.priors  # the members share labels and data
+                return
             self.manifest = Manifest.read(self.bundle_dir, verify=False)
             self.aggregator = make_aggregator(self.manifest.aggregation, self.manifest.aggregator)
             self.priors = np.asarray(self.manifest.priors, dtype=np.float64)
@@ -189,7 +203,12 @@ class Predictor:
 
     @property
     def ensemble(self) -> FoldEnsemble:
-        """The fold sessions, built on first use; a failed build is remembered and raised again at once."""
+        """The fold sessions, built on first use; a failed build is remembered and raised again at once.
+
+        For a blend: the first member's (`members` holds every member's Predictor).
+        """
+        if self.members:
+            return next(iter(self.members.values())).ensemble
         with self._ensemble_lock:
             if self._ensemble is None:
                 if self._ensemble_error is not None:  # a fresh error each time: no traceback piling up per series
@@ -209,7 +228,8 @@ class Predictor:
     def load(self) -> bool:
         """Build the fold sessions now; False (logged) when they cannot be built: every series gets the priors."""
         try:
-            _ = self.ensemble
+            for predictor in self.members.values() or [self]:
+                _ = predictor.ensemble
             return True
         except Exception as exc:
             log.error("!!! the fold ensemble failed to load: %s: %s; every series gets the priors !!!",
@@ -236,6 +256,15 @@ class Predictor:
             before any window was scored), or whatever the failure was.
         """
         report = report if report is not None else SeriesReport(series_uid=Path(str(series_path)).name)
+        if self.members or (self.manifest is not None and self.manifest.kind != "window25d"):
+            start = time.perf_counter()
+            volume = self.loader(str(series_path)) if self.loader is not None else \
+                load_series(series_path, pool=self.decode_pool, deadline=deadline)
+            report.load_s = time.perf_counter() - start
+            probs = self.probabilities_from_volume(volume, report=report, deadline=deadline,
+                                                   degradation=degradation)
+            report.total_s = time.perf_counter() - start
+            return probs
         window_probs = self.window_probabilities(series_path, deadline=deadline, report=report,
                                                  degradation=degradation)
         t0 = time.perf_counter()
@@ -243,6 +272,43 @@ class Predictor:
         report.aggregate_s = time.perf_counter() - t0
         report.total_s += report.aggregate_s
         return probs
+
+    def probabilities_from_volume(self, volume: Volume, *, report: SeriesReport, deadline: float | None = None,
+                                  degradation: Degradation | None = None) -> np.ndarray:
+        """The 14 probabilities of an already loaded volume: this model's, or the blend of the members'."""
+        degradation = degradation or Degradation()
+        if self.members:
+            answers = []
+            for name, member in self.members.items():
+                t0 = time.perf_counter()
+                answers.append(member.probabilities_from_volume(volume, report=report, deadline=deadline,
+                                                                degradation=degradation))
+                report.members_s[name] = round(time.perf_counter() - t0, 4)
+                report.member_probs[name] = [float(v) for v in answers[-1]]
+            return self.blend.combine(answers)
+        ensemble = self.ensemble
+        if ensemble.manifest.kind == "volume32":
+            return self._volume_probabilities(ensemble, volume, report, degradation)
+        window_probs = self._windows(ensemble, volume, None, report, deadline, degradation)
+        return self.aggregator(window_probs, volume.modality)
+
+    @staticmethod
+    def _volume_probabilities(ensemble: FoldEnsemble, volume: Volume, report: SeriesReport,
+                              degradation: Degradation) -> np.ndarray:
+        """A volume model's answer: the prepared stack resampled to `volume.depth` slices, one input."""
+        manifest = ensemble.manifest
+        t0 = time.perf_counter()
+        prepared = preprocess_volume(volume, manifest.preprocess)
+        batch = resample_depth(prepared.pixels, manifest.volume.depth)[None].astype(ensemble.input_dtype)
+        batch *= ensemble.input_dtype.type(manifest.volume.scale)
+        t1 = time.perf_counter()
+        probs = ensemble.predict_windows(batch, tta=False if degradation.tta_off else None,
+                                         folds=-(-len(ensemble.sessions) // 2) if degradation.half_folds else None)[0]
+        report.slices, report.modality = volume.num_slices, volume.modality
+        report.preprocess_s += t1 - t0
+        report.infer_s += time.perf_counter() - t1
+        report.windows, report.windows_total, report.answer = 1, 1, "model"
+        return enforce_present_rule(probs)
 
     def window_probabilities(self, series_path: str | Path, *, deadline: float | None = None,
                              report: SeriesReport | None = None,

@@ -9,7 +9,15 @@ from typing import Any
 
 import yaml
 
-from inference.config import AggregationConfig, PreprocessConfig, WindowConfig, from_dict, to_dict
+from inference.config import (
+    MODEL_KINDS,
+    AggregationConfig,
+    PreprocessConfig,
+    VolumeConfig,
+    WindowConfig,
+    from_dict,
+    to_dict,
+)
 from inference.config import setting as _f
 from inference.errors import ConfigError
 
@@ -39,6 +47,8 @@ def _require_fractions(section: Any, prefix: str, names: tuple[str, ...]) -> Non
 class ModelConfig:
     """The dual-stream network."""
 
+    kind: str = _f("window25d", "window25d (2.5D windows, dual stream) or volume32 (the whole series resampled to "
+                                "volume.depth slices as the channels of one image, one timm backbone)")
     arch: str = _f("tf_efficientnet_b0", "any timm model name, used for both streams")
     pretrained: bool = _f(False, "start from timm's pretrained weights (checked before the first epoch; CLI: "
                                "--pretrained / --no-pretrained)")
@@ -46,6 +56,8 @@ class ModelConfig:
     drop_rate: float = _f(0.2, "dropout before the classifier")
 
     def __post_init__(self) -> None:
+        if self.kind not in MODEL_KINDS:
+            raise ConfigError(f"model.kind must be one of {MODEL_KINDS}, got {self.kind!r}")
         if self.coord_dim < 1:
             raise ConfigError(f"model.coord_dim must be >= 1, got {self.coord_dim}")
         if not 0.0 <= self.drop_rate < 1.0:
@@ -180,6 +192,7 @@ _SECTIONS: dict[str, type] = {
     "preprocess": PreprocessConfig,
     "windows": WindowConfig,
     "aggregation": AggregationConfig,
+    "volume": VolumeConfig,
     "model": ModelConfig,
     "sampling": SamplingConfig,
     "augment": AugmentConfig,
@@ -196,12 +209,18 @@ class TrainConfig:
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     windows: WindowConfig = field(default_factory=WindowConfig)
     aggregation: AggregationConfig = field(default_factory=AggregationConfig)
+    volume: VolumeConfig = field(default_factory=VolumeConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     train: TrainLoopConfig = field(default_factory=TrainLoopConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+
+    @property
+    def input_channels(self) -> int:
+        """Channels of the model's input: the window's slices (window25d) or the volume's depth (volume32)."""
+        return self.volume.depth if self.model.kind == "volume32" else self.windows.channels
 
     def to_dict(self) -> dict[str, Any]:
         return {name: to_dict(getattr(self, name)) for name in _SECTIONS}

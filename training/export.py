@@ -22,12 +22,21 @@ from .config import TrainConfig
 from .model import DualStreamNet, InferenceGraph
 
 __all__ = ["ExportError", "ParityReport", "export_fold", "check_parity", "write_manifest", "git_commit",
-           "INPUT_NAME", "OUTPUT_NAME"]
+           "INPUT_NAME", "VOLUME_INPUT_NAME", "OUTPUT_NAME"]
 
 log = logging.getLogger(__name__)
 
-INPUT_NAME = "window"
+INPUT_NAME = "window"  # the 2.5D model's input
+VOLUME_INPUT_NAME = "volume"  # the volume model's input
 OUTPUT_NAME = "logits"
+
+
+def _graph_and_input(net: torch.nn.Module) -> tuple[torch.nn.Module, str]:
+    """The exported graph of a trained network and its input's name: the 2.5D model's one-input inference
+    regime, or the volume model itself."""
+    if isinstance(net, DualStreamNet):
+        return InferenceGraph(net), INPUT_NAME
+    return net, VOLUME_INPUT_NAME
 
 
 class ExportError(KitError):
@@ -44,7 +53,7 @@ class ParityReport:
 
 
 def check_parity(graph: torch.nn.Module, onnx_path: str | Path, windows: np.ndarray, *, tolerance: float,
-                 dtype: np.dtype = np.float32) -> ParityReport:
+                 dtype: np.dtype = np.float32, input_name: str = INPUT_NAME) -> ParityReport:
     """Run `windows` through the torch graph (float32) and the ONNX file (CPU); raise when they differ.
 
     Raises:
@@ -53,7 +62,7 @@ def check_parity(graph: torch.nn.Module, onnx_path: str | Path, windows: np.ndar
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     with torch.no_grad():
         expected = graph(torch.from_numpy(windows.astype(np.float32))).float().numpy()
-    actual = session.run([OUTPUT_NAME], {INPUT_NAME: windows.astype(dtype)})[0].astype(np.float32)
+    actual = session.run([OUTPUT_NAME], {input_name: windows.astype(dtype)})[0].astype(np.float32)
     diff = float(np.max(np.abs(actual - expected))) if expected.size else 0.0
     report = ParityReport(windows=int(windows.shape[0]), max_abs_diff=diff, tolerance=tolerance)
     if not np.isfinite(diff) or diff > tolerance:
@@ -62,12 +71,12 @@ def check_parity(graph: torch.nn.Module, onnx_path: str | Path, windows: np.ndar
     return report
 
 
-def export_fold(net: DualStreamNet, path: str | Path, *, parity_windows: np.ndarray, opset: int = 17,
+def export_fold(net: torch.nn.Module, path: str | Path, *, parity_windows: np.ndarray, opset: int = 17,
                 fp16: bool = False, tolerance: float = 1e-4, fp16_tolerance: float = 5e-2) -> ParityReport:
     """Export the one-input inference graph of `net` to ONNX with a dynamic batch and check parity.
 
     Args:
-        net: the trained network (moved to CPU, eval mode, for the export).
+        net: the trained network, either kind (moved to CPU, eval mode, for the export).
         path: the .onnx file to write.
         parity_windows: (N, C, S, S) real validation windows (uint8 * scale) for the parity check.
         opset: ONNX opset (>= 17).
@@ -84,8 +93,9 @@ def export_fold(net: DualStreamNet, path: str | Path, *, parity_windows: np.ndar
         raise ConfigError(f"parity windows must be (N>=1, C, S, S), got {parity_windows.shape}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    reference = InferenceGraph(copy.deepcopy(net).cpu().float().eval()).eval()
-    graph = InferenceGraph(copy.deepcopy(net).cpu().eval()).eval()
+    reference, input_name = _graph_and_input(copy.deepcopy(net).cpu().float().eval())
+    graph, _ = _graph_and_input(copy.deepcopy(net).cpu().eval())
+    reference, graph = reference.eval(), graph.eval()
     dtype = np.float16 if fp16 else np.float32
     if fp16:
         graph = graph.half()
@@ -94,15 +104,15 @@ def export_fold(net: DualStreamNet, path: str | Path, *, parity_windows: np.ndar
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(graph, (example,), str(tmp), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+            torch.onnx.export(graph, (example,), str(tmp), input_names=[input_name], output_names=[OUTPUT_NAME],
                               opset_version=opset, dynamo=False,
-                              dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+                              dynamic_axes={input_name: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
     except Exception as exc:
         tmp.unlink(missing_ok=True)
         raise ExportError(f"ONNX export of {path.name} failed: {type(exc).__name__}: {exc}") from exc
     try:
         report = check_parity(reference, tmp, parity_windows, tolerance=fp16_tolerance if fp16 else tolerance,
-                              dtype=dtype)
+                              dtype=dtype, input_name=input_name)
     except Exception:
         tmp.unlink(missing_ok=True)
         raise
@@ -150,11 +160,14 @@ def write_manifest(out_dir: str | Path, cfg: TrainConfig, folds: list[dict[str, 
                   "trainer": "train_minimal.py", "config": cfg.to_dict(), "torch": torch.__version__,
                   "onnxruntime": ort.__version__, **(extra_provenance or {})}
     size = cfg.preprocess.image_size
-    manifest = Manifest(labels=LABELS, input_name=INPUT_NAME, output_name=OUTPUT_NAME,
-                        input_shape=("batch", cfg.windows.channels, size, size),
+    volume = cfg.model.kind == "volume32"
+    channels = cfg.input_channels
+    manifest = Manifest(labels=LABELS, input_name=VOLUME_INPUT_NAME if volume else INPUT_NAME,
+                        output_name=OUTPUT_NAME, input_shape=("batch", channels, size, size),
                         input_dtype="float16" if cfg.export.fp16 else "float32", preprocess=cfg.preprocess,
                         windows=cfg.windows, aggregation=cfg.aggregation, folds=entries,
-                        priors=tuple(float(np.clip(p, 0.0, 1.0)) for p in priors), provenance=provenance)
+                        priors=tuple(float(np.clip(p, 0.0, 1.0)) for p in priors), provenance=provenance,
+                        kind=cfg.model.kind, volume=cfg.volume if volume else None)
     path = manifest.write(out_dir)
     Manifest.read(out_dir, verify=True)
     return path

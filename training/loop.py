@@ -30,7 +30,7 @@ from .model import DualStreamNet, InferenceGraph, build_model
 from .sampling import ROI, CachedSeries, Sample, draw_epoch, negative_centres, normalized_coords, roi_crop, window_at
 
 __all__ = ["DistInfo", "init_distributed", "seed_everything", "WindowDataset", "predict_windows", "validate",
-           "mine_hard_negatives", "FoldResult", "train_fold", "load_best"]
+           "mine_hard_negatives", "FoldResult", "FoldTask", "train_fold", "fit_fold", "load_best", "label_criterion"]
 
 log = logging.getLogger(__name__)
 
@@ -206,9 +206,14 @@ def _make_optimizer(net: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optim
     return torch.optim.Adam(net.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
 
 
-def load_best(path: str | Path, cfg: TrainConfig) -> DualStreamNet:
-    """Rebuild a fold's network from its best checkpoint (CPU, eval mode)."""
-    net = build_model(dataclasses.replace(cfg.model, pretrained=False), in_chans=cfg.windows.channels)
+def load_best(path: str | Path, cfg: TrainConfig) -> torch.nn.Module:
+    """Rebuild a fold's network (either model kind) from its best checkpoint (CPU, eval mode)."""
+    if cfg.model.kind == "volume32":
+        from .volume import build_volume_model
+
+        net = build_volume_model(dataclasses.replace(cfg.model, pretrained=False), depth=cfg.volume.depth)
+    else:
+        net = build_model(dataclasses.replace(cfg.model, pretrained=False), in_chans=cfg.windows.channels)
     state = torch.load(path, map_location="cpu", weights_only=False)
     net.load_state_dict(state["model"])
     return net.eval()
@@ -219,27 +224,79 @@ def _selection_score(report: dict[str, Any]) -> float:
     return -math.inf if score is None else float(score)
 
 
+def label_criterion(cfg: TrainConfig, device: str) -> torch.nn.Module:
+    """BCE over the 14 labels with Present weighted by train.present_weight (same scale as an unweighted mean)."""
+    weights = torch.ones(len(LABELS), device=device)
+    weights[PRESENT_INDEX] = cfg.train.present_weight
+    return torch.nn.BCEWithLogitsLoss(weight=weights * len(LABELS) / weights.sum())
+
+
+@dataclass
+class FoldTask:
+    """What differs between the model kinds; `fit_fold` does the rest (optimiser, schedule, AMP, DDP, checkpoints).
+
+    Attributes:
+        net: the network (on the device).
+        items_per_epoch: training items (windows or series) per epoch, over every rank.
+        epoch_dataset: (epoch, rng) -> that epoch's Dataset; items are tuples whose last element is the labels.
+        forward: (model, inputs on the device) -> logits.
+        validate: (net) -> report with "configured", "max" and "topk_mean" scores (rank 0 only).
+    """
+
+    net: torch.nn.Module
+    items_per_epoch: int
+    epoch_dataset: Any
+    forward: Any
+    validate: Any
+
+
 def train_fold(cfg: TrainConfig, fold: int, train_series: list[CachedSeries], val_series: list[CachedSeries], *,
                checkpoint_dir: str | Path, dist_info: DistInfo | None = None, progress: bool = True) -> FoldResult:
-    """Train one fold, validating in the inference regime; keep `best.pt` (by validation score) and `last.pt`.
+    """Train one fold of the 2.5D window model (`fit_fold` with fresh windows each epoch, hard negatives mined)."""
+    info = dist_info or DistInfo()
+    seed_everything(cfg.train.seed * 1000 + fold)
+    net = build_model(cfg.model, in_chans=cfg.windows.channels).to(info.device)
+    mining = cfg.sampling.hard_negative_share > 0
+    state: dict[str, Any] = {"hard": None}  # the latest mined pool, reused until the next mining pass
+    per_rank = max(1, cfg.train.windows_per_epoch // info.world_size)
+    steps = max(1, per_rank // cfg.train.batch_size)
+
+    def epoch_dataset(epoch: int, rng: np.random.Generator) -> Dataset:
+        if mining and epoch > 0 and (epoch % cfg.train.mine_every == 0 or state["hard"] is None):
+            # every rank mines the same windows (same weights after DDP sync, same rng) so epochs stay aligned
+            state["hard"] = mine_hard_negatives(net, train_series, cfg, device=info.device, rng=rng)
+        samples = draw_epoch(train_series, steps * cfg.train.batch_size * info.world_size, cfg.sampling,
+                             image_size=cfg.preprocess.image_size, rng=rng, hard_negatives=state["hard"])
+        return WindowDataset(train_series, samples, cfg, seed=hash((cfg.train.seed, fold, epoch)) % (2**31))
+
+    task = FoldTask(net=net, items_per_epoch=cfg.train.windows_per_epoch, epoch_dataset=epoch_dataset,
+                    forward=lambda model, inputs: model(*inputs),
+                    validate=lambda trained: validate(trained, val_series, cfg, device=info.device))
+    return fit_fold(cfg, fold, task, val_uids=[s.uid for s in val_series], checkpoint_dir=checkpoint_dir,
+                    dist_info=info, progress=progress)
+
+
+def fit_fold(cfg: TrainConfig, fold: int, task: FoldTask, *, val_uids: list[str], checkpoint_dir: str | Path,
+             dist_info: DistInfo | None = None, progress: bool = True) -> FoldResult:
+    """Train one fold of either model kind, validating in the inference regime; keep `best.pt` (by validation
+    score) and `last.pt`.
 
     With `cfg.train.resume`, a fold continues from `last.pt` and a finished fold returns at once.
-    Under torchrun every rank trains on its share of each epoch's windows; rank 0 validates and saves.
+    Under torchrun every rank trains on its share of each epoch; rank 0 validates and saves.
     """
     info = dist_info or DistInfo()
     started = time.time()
     folder = Path(checkpoint_dir) / f"fold{fold}"
     folder.mkdir(parents=True, exist_ok=True)
     last_path, best_path = folder / "last.pt", folder / "best.pt"
-    seed_everything(cfg.train.seed * 1000 + fold)
     device = info.device
-    net = build_model(cfg.model, in_chans=cfg.windows.channels).to(device)
+    net = task.net
     model: torch.nn.Module = net
     if info.world_size > 1:
         device_ids = [info.local_rank] if "cuda" in device else None
         model = torch.nn.parallel.DistributedDataParallel(net, device_ids=device_ids)
     optimizer = _make_optimizer(net, cfg)
-    per_rank = max(1, cfg.train.windows_per_epoch // info.world_size)
+    per_rank = max(1, task.items_per_epoch // info.world_size)
     steps_per_epoch = max(1, per_rank // cfg.train.batch_size)
     total_steps = steps_per_epoch * cfg.train.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -247,7 +304,6 @@ def train_fold(cfg: TrainConfig, fold: int, train_series: list[CachedSeries], va
     use_amp = cfg.train.amp and "cuda" in device
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     start_epoch, best_score, best_epoch, history = 0, -math.inf, -1, []
-    val_uids = [s.uid for s in val_series]
     if cfg.train.resume and last_path.is_file():
         state = torch.load(last_path, map_location=device, weights_only=False)
         net.load_state_dict(state["model"])
@@ -259,20 +315,10 @@ def train_fold(cfg: TrainConfig, fold: int, train_series: list[CachedSeries], va
         if info.is_main:
             log.info("fold %d: resuming after epoch %d (best %.4f at epoch %d)", fold, start_epoch, best_score,
                      best_epoch)
-    label_weights = torch.ones(len(LABELS), device=device)
-    label_weights[PRESENT_INDEX] = cfg.train.present_weight
-    label_weights = label_weights * len(LABELS) / label_weights.sum()  # same loss scale as an unweighted mean
-    criterion = torch.nn.BCEWithLogitsLoss(weight=label_weights)
-    mining = cfg.sampling.hard_negative_share > 0
-    hard: list[tuple[int, int]] | None = None  # the latest mined pool, reused until the next mining pass
+    criterion = label_criterion(cfg, device)
     for epoch in range(start_epoch, cfg.train.epochs):
         rng = np.random.default_rng([cfg.train.seed, fold, epoch])
-        if mining and epoch > 0 and (epoch % cfg.train.mine_every == 0 or hard is None):
-            # every rank mines the same windows (same weights after DDP sync, same rng) so epochs stay aligned
-            hard = mine_hard_negatives(net, train_series, cfg, device=device, rng=rng)
-        samples = draw_epoch(train_series, steps_per_epoch * cfg.train.batch_size * info.world_size,
-                             cfg.sampling, image_size=cfg.preprocess.image_size, rng=rng, hard_negatives=hard)
-        dataset = WindowDataset(train_series, samples, cfg, seed=hash((cfg.train.seed, fold, epoch)) % (2**31))
+        dataset = task.epoch_dataset(epoch, rng)
         sampler = (DistributedSampler(dataset, num_replicas=info.world_size, rank=info.rank, shuffle=False,
                                       drop_last=True) if info.world_size > 1 else None)
         loader = DataLoader(dataset, batch_size=cfg.train.batch_size, sampler=sampler, shuffle=False,
@@ -282,11 +328,11 @@ def train_fold(cfg: TrainConfig, fold: int, train_series: list[CachedSeries], va
         losses = []
         bar = tqdm(loader, desc=f"fold {fold} epoch {epoch + 1}/{cfg.train.epochs}", unit="batch",
                    disable=not (progress and info.is_main), leave=False)
-        for full, roi, coords, labels in bar:
-            full, roi = full.to(device, non_blocking=True), roi.to(device, non_blocking=True)
-            coords, labels = coords.to(device), labels.to(device)
+        for batch in bar:
+            inputs = [t.to(device, non_blocking=True) for t in batch[:-1]]
+            labels = batch[-1].to(device)
             with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
-                logits = model(full, roi, coords)
+                logits = task.forward(model, inputs)
             loss = criterion(logits.float(), labels)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -304,7 +350,7 @@ def train_fold(cfg: TrainConfig, fold: int, train_series: list[CachedSeries], va
                                  "lr": scheduler.get_last_lr()[0]}
         last_epoch = epoch + 1 == cfg.train.epochs
         if info.is_main and ((epoch + 1) % cfg.train.val_every == 0 or last_epoch):
-            report = validate(net, val_series, cfg, device=device)
+            report = task.validate(net)
             score = _selection_score(report)
             entry.update({name: {k: report[name][k] for k in ("score", "present_auc", "mean_location_auc")}
                           for name in ("configured", "max", "topk_mean")})

@@ -25,6 +25,10 @@ def predict_series(bundle_dir: str | Path, folders: list[Path], *, folds: list[i
 
     Series the predictor cannot read get the manifest priors (as in the kernel) and are listed in the second value.
     """
+    from inference.manifest import Manifest
+
+    if Manifest.read(bundle_dir, verify=False).kind != "window25d":  # one answer per series, no windows
+        return _predict_whole(bundle_dir, folders, folds, progress, desc)
     windows, failed = predict_windows(bundle_dir, folders, folds=folds, progress=progress, desc=desc)
     return predict_series_from_windows(bundle_dir, windows)[0], failed
 
@@ -71,13 +75,21 @@ def oof_report(bundle_dir: str | Path, held_out: dict[int, list[str]], *, labels
         also written to `bundle_dir/oof_report.json`; the out-of-fold windows are under the "windows" key of the
         returned dict only (not written).
     """
+    from inference.manifest import Manifest
+
     from .stacking import SeriesWindows, stacking_report
 
+    windowed = Manifest.read(bundle_dir, verify=False).kind == "window25d"  # a volume model answers per series
     per_fold, uids_all, preds_all, windows_all = {}, [], [], []
     for fold, uids in sorted(held_out.items()):
-        windows, failed = predict_windows(bundle_dir, [folder_of(u) for u in uids], folds=[fold],
-                                          progress=progress, desc=f"oof fold {fold}")
-        probs, _ = predict_series_from_windows(bundle_dir, windows)
+        if windowed:
+            windows, failed = predict_windows(bundle_dir, [folder_of(u) for u in uids], folds=[fold],
+                                              progress=progress, desc=f"oof fold {fold}")
+            probs, _ = predict_series_from_windows(bundle_dir, windows)
+        else:
+            probs, failed = _predict_whole(bundle_dir, [folder_of(u) for u in uids], [fold], progress,
+                                           f"oof fold {fold}")
+            windows = []
         truth = np.stack([labels[u] for u in uids])
         per_fold[str(fold)] = {**score_predictions(truth, probs), "failed_series": failed}
         uids_all += uids
@@ -92,8 +104,6 @@ def oof_report(bundle_dir: str | Path, held_out: dict[int, list[str]], *, labels
         "by_modality": score_by_modality(truth_all, preds, [modality[u] for u in uids_all]),
     }
     if stack and len(held_out) > 1 and windows_all:
-        from inference.manifest import Manifest
-
         top_k = Manifest.read(bundle_dir, verify=False).aggregation.top_k
         report["stacking"] = stacking_report(windows_all, top_k=top_k)
     path = Path(bundle_dir) / OOF_REPORT_NAME
@@ -114,6 +124,21 @@ def oof_report(bundle_dir: str | Path, held_out: dict[int, list[str]], *, labels
                  _fmt(st["topk_mean"]["present_auc"]), _fmt(st["learned"]["present_auc"]))
     report["windows"] = windows_all
     return report
+
+
+def _predict_whole(bundle_dir: str | Path, folders: list[Path], folds: list[int] | None, progress: bool, desc: str
+                   ) -> tuple[np.ndarray, list[str]]:
+    """(n, 14) answers of a volume model (priors where a series fails), and the failed series."""
+    from inference.predict import Predictor
+
+    predictor = Predictor(bundle_dir, folds=folds)
+    out, failed = [], []
+    for folder in tqdm(folders, desc=desc, unit="series", disable=not progress):
+        probs, report = predictor.predict_series(folder)
+        out.append(probs)
+        if report.answer == "priors":
+            failed.append(Path(folder).name)
+    return np.stack(out) if out else np.zeros((0, len(LABELS))), failed
 
 
 def predict_series_from_windows(bundle_dir: str | Path, windows: list[tuple[np.ndarray | None, str]]

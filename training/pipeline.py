@@ -28,6 +28,7 @@ from .oof import oof_report
 from .pretrained import ensure_pretrained, pretrained_source
 from .sampling import CachedSeries, window_at
 from .stacking import fit_aggregator
+from .volume import train_volume_fold, volume_input
 
 __all__ = ["run_training", "parity_windows", "config_fingerprint", "fold_file"]
 
@@ -46,7 +47,10 @@ def config_fingerprint(cfg: TrainConfig) -> str:
 
 
 def parity_windows(series: list[CachedSeries], cfg: TrainConfig, count: int) -> np.ndarray:
-    """Real validation windows for the export check: at localizer slices and spread through each series."""
+    """Real validation inputs for the export check: windows at localizer slices and spread through each series,
+    or (volume model) whole resampled series."""
+    if cfg.model.kind == "volume32":
+        return np.stack([volume_input(s.pixels, cfg) for s in series[:max(1, min(count, 4))]])
     windows = []
     per_series = max(2, count // max(1, len(series)) + 1)
     for s in series:
@@ -102,7 +106,7 @@ def run_training(cfg: TrainConfig, *, data_dir: str | Path, out_dir: str | Path,
     """
     info = init_distributed()
     # pretrained weights are checked first: a missing file stops the run before the cache and the first epoch
-    start_weights = (ensure_pretrained(cfg.model.arch, in_chans=cfg.windows.channels) if cfg.model.pretrained
+    start_weights = (ensure_pretrained(cfg.model.arch, in_chans=cfg.input_channels) if cfg.model.pretrained
                      else pretrained_source(cfg.model.arch, pretrained=False))
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
@@ -142,8 +146,8 @@ def run_training(cfg: TrainConfig, *, data_dir: str | Path, out_dir: str | Path,
         if info.is_main:
             log.info("fold %d: %d training series (%d positive), %d validation series (%d positive)", fold,
                      len(train), sum(s.positive for s in train), len(val), sum(s.positive for s in val))
-        result = train_fold(cfg, fold, train, val, checkpoint_dir=checkpoint_dir, dist_info=info,
-                            progress=progress)
+        trainer = train_volume_fold if cfg.model.kind == "volume32" else train_fold
+        result = trainer(cfg, fold, train, val, checkpoint_dir=checkpoint_dir, dist_info=info, progress=progress)
         results[fold] = result
         if info.is_main:
             net = load_best(result.best_path, cfg)
