@@ -62,6 +62,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--python-version", default=defaults.python_version, help="Kaggle's Python (default 3.11)")
     parser.add_argument("--tta", choices=("keep", "on", "off"), default="keep",
                         help="left-right flip TTA, written into the bundled manifest (default: keep the manifest's)")
+    parser.add_argument("--aggregation", choices=("keep", "max", "topk_mean", "learned"), default="keep",
+                        help="window -> series reduction written into the bundled manifest (default: keep the "
+                             "trainer's choice; learned needs the aggregator the trainer fitted)")
     parser.add_argument("--batch-size", type=int, default=None, help="windows per onnxruntime run (GPU: 64-128)")
     parser.add_argument("--stride", type=int, default=None, help="visit every n-th centre slice (speed vs accuracy)")
     parser.add_argument("--gpu-batch-size", type=int, default=None,
@@ -89,6 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.wheel_packages else None,
         wheel_platforms=tuple(args.wheel_platform) if args.wheel_platform else WHEEL_PLATFORMS,
         python_version=args.python_version, tta=None if args.tta == "keep" else args.tta == "on",
+        aggregation=None if args.aggregation == "keep" else args.aggregation,
         batch_size=args.batch_size, stride=args.stride, folds=args.folds, gpu_batch_size=args.gpu_batch_size,
         degrade_steps=None if args.degrade is None else tuple(
             s.strip() for s in args.degrade.split(",") if s.strip() and args.degrade.strip() != "none"),

@@ -5,7 +5,9 @@
 Writes the phantom (aneurysms 1.6x the vessel level, 3-6 mm: the phantom's own defaults), trains the preset's
 folds with the learned aggregator (train_minimal.py: out-of-fold windows, fold-wise cross-validated comparison),
 then scores the held-out test series with the whole fold ensemble three ways: max, top-k mean, learned (the
-aggregator fitted on every out-of-fold series). Prints both the out-of-fold and the held-out comparison.
+aggregator fitted on every out-of-fold series). Prints both the out-of-fold and the held-out comparison. The
+out-of-fold windows are recomputed here (each fold's model on its own validation series), so `--reuse` measures
+today's aggregator fitting on folds trained earlier without training them again.
 """
 from __future__ import annotations
 
@@ -23,9 +25,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from evaluation.metric import score_predictions  # noqa: E402
-from inference.aggregate import LearnedAggregator, aggregate_windows  # noqa: E402
+from inference.aggregate import aggregate_windows  # noqa: E402
 from inference.config import AggregationConfig  # noqa: E402
 from inference.predict import Predictor, SeriesReport  # noqa: E402
+from training.data import read_train_table, series_folder  # noqa: E402
+from training.oof import predict_windows  # noqa: E402
+from training.stacking import SeriesWindows, fit_aggregator, stacking_report  # noqa: E402
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -38,6 +43,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "aggregation", help="work folder")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="extra trainer overrides")
+    parser.add_argument("--reuse", action="store_true", help="keep the folds already trained in the work folder")
     return parser.parse_args(argv)
 
 
@@ -46,6 +52,20 @@ def _run(cmd: list, **kwargs) -> float:
     print("$ " + " ".join(str(c) for c in cmd), flush=True)
     subprocess.run([str(c) for c in cmd], check=True, **kwargs)
     return time.perf_counter() - start
+
+
+def _oof_windows(weights: Path, data: Path, manifest) -> list[SeriesWindows]:
+    """Each trained fold's model on its own validation series (the fold assignment in the manifest)."""
+    table = read_train_table(data / "train.csv")
+    assignment = {uid: int(fold) for uid, fold in manifest.provenance["fold_assignment"].items()}
+    out = []
+    for fold in sorted({entry.fold for entry in manifest.folds}):
+        uids = [uid for uid in table.uids if assignment.get(uid) == fold]
+        windows, _ = predict_windows(weights, [series_folder(data, uid) for uid in uids], folds=[fold],
+                                     progress=False)
+        out += [SeriesWindows(uid, fold, modality, w, table.labels[table.index(uid)])
+                for uid, (w, modality) in zip(uids, windows) if w is not None]
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,11 +83,16 @@ def main(argv: list[str] | None = None) -> int:
            "--quiet"]
     for item in args.set:
         cmd += ["--set", item]
-    times["train + export + OOF"] = _run(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    if not (args.reuse and (weights / "manifest.json").is_file()):
+        times["train + export + OOF"] = _run(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
 
     predictor = Predictor(weights, providers=["CPUExecutionProvider"])
     manifest = predictor.manifest
-    learned = LearnedAggregator.from_dict(manifest.aggregator)
+    start = time.perf_counter()
+    oof_series = _oof_windows(weights, data, manifest)
+    times["out-of-fold windows"] = time.perf_counter() - start
+    oof = stacking_report(oof_series, top_k=manifest.aggregation.top_k)
+    learned = fit_aggregator(oof_series)
     truth, answers = [], {"max": [], "topk_mean": [], "learned": []}
     test = data / "test"
     labels = {line.split(",")[0]: np.array([float(v) for v in line.split(",")[-14:]])
@@ -84,17 +109,16 @@ def main(argv: list[str] | None = None) -> int:
     times["held-out windows"] = time.perf_counter() - start
     truth_array = np.stack(truth)
     held = {name: score_predictions(truth_array, np.stack(values)) for name, values in answers.items()}
-    oof = json.loads((weights / "oof_report.json").read_text()).get("stacking", {})
 
     print(f"\nphantom seed {args.seed}: {args.series} train series ({args.folds} folds trained), "
-          f"{len(labels)} held-out series; aggregation used by the bundle: {manifest.aggregation.method}")
-    print(f"{'':<28}{'max':>10}{'top-k mean':>12}{'learned':>10}")
+          f"{len(labels)} held-out series; aggregation chosen by the trainer: {manifest.aggregation.method}")
+    print(f"{'':<42}{'max':>10}{'top-k mean':>12}{'learned':>10}")
     for title, table in (("out-of-fold (learned CV'd)", oof), ("held-out test", held)):
         if not table:
             continue
         for key, name in (("score", "score"), ("present_auc", "Present AUC"), ("mean_location_auc", "location AUC")):
             cells = [table[m][key] for m in ("max", "topk_mean", "learned")]
-            print(f"{title + ' ' + name:<28}" + "".join(f"{'-' if c is None else f'{c:.4f}':>{w}}"
+            print(f"{title + ' ' + name:<42}" + "".join(f"{'-' if c is None else f'{c:.4f}':>{w}}"
                                                        for c, w in zip(cells, (10, 12, 10))))
     fixed = max(held["max"]["score"], held["topk_mean"]["score"])
     print(f"held-out gain of learned over the best fixed reduction: {held['learned']['score'] - fixed:+.4f}")

@@ -38,7 +38,12 @@ class BuildResult:
 
 
 def _adjusted_manifest(manifest: Manifest, options: BuildOptions) -> Manifest:
-    """Apply the TTA, batch, stride, fold and budget options as config fields (the ONNX files and hashes stay)."""
+    """Apply the TTA, aggregation, batch, stride, fold and budget options as config fields (the ONNX files and
+    hashes stay).
+
+    Raises:
+        BuildError: `--aggregation learned` for weights without a usable learned aggregator.
+    """
     windows = manifest.windows
     if options.batch_size is not None:
         windows = dataclasses.replace(windows, batch_size=options.batch_size)
@@ -54,12 +59,25 @@ def _adjusted_manifest(manifest: Manifest, options: BuildOptions) -> Manifest:
     aggregation = manifest.aggregation
     if options.tta is not None:
         aggregation = dataclasses.replace(aggregation, tta_flip=options.tta)
+    if options.aggregation is not None and manifest.kind == "window25d":  # a volume model answers per series
+        aggregation = dataclasses.replace(aggregation, method=options.aggregation)
     folds = manifest.folds
     if options.folds is not None:
         folds = tuple(f for f in manifest.folds if f.fold in set(options.folds))
     provenance = dict(manifest.provenance)
+    if aggregation.method == "learned" and aggregation != manifest.aggregation:
+        from inference.aggregate import LearnedAggregator
+
+        if manifest.aggregator is None:
+            raise BuildError("--aggregation learned: the weights hold no aggregator (train with export.oof and "
+                             "export.stack on: the trainer fits it on the out-of-fold windows)")
+        try:
+            LearnedAggregator.from_dict(manifest.aggregator)
+        except ManifestError as exc:
+            raise BuildError(f"--aggregation learned: {exc}") from exc
     provenance["bundle"] = {"built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                            "tta_flip": aggregation.tta_flip, "batch_size": windows.batch_size,
+                            "tta_flip": aggregation.tta_flip, "aggregation": aggregation.method,
+                            "batch_size": windows.batch_size,
                             "stride": windows.stride, "gpu_batch_size": windows.gpu_batch_size,
                             "degrade_steps": list(budget.degrade_steps), "folds": [f.fold for f in folds]}
     return dataclasses.replace(manifest, windows=windows, aggregation=aggregation, folds=folds,

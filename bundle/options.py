@@ -5,6 +5,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from inference.config import AGGREGATION_METHODS
 from inference.errors import KitError
 
 __all__ = ["REPO", "BUNDLE_MARKER", "WHEEL_PLATFORMS", "BuildError", "BuildOptions", "check_options"]
@@ -43,6 +44,7 @@ class BuildOptions:
     wheel_platforms: tuple[str, ...] = WHEEL_PLATFORMS
     python_version: str = "3.11"
     tta: bool | None = None  # None keeps the manifest's aggregation.tta_flip
+    aggregation: str | None = None  # None keeps the manifest's aggregation.method (max, topk_mean, learned)
     batch_size: int | None = None  # None keeps the manifest's windows.batch_size
     stride: int | None = None  # None keeps the manifest's windows.stride
     gpu_batch_size: int | None = None  # None keeps the manifest's windows.gpu_batch_size
@@ -77,6 +79,8 @@ def check_options(options: BuildOptions) -> str:
                         f"{options.kernel_slug!r}: Kaggle would create another kernel; make them agree")
     if options.batch_size is not None and options.batch_size < 1:
         problems.append(f"batch size must be >= 1, got {options.batch_size}")
+    if options.aggregation is not None and options.aggregation not in AGGREGATION_METHODS:
+        problems.append(f"aggregation {options.aggregation!r} is not one of {', '.join(AGGREGATION_METHODS)}")
     if options.stride is not None and options.stride < 1:
         problems.append(f"stride must be >= 1, got {options.stride}")
     if options.gpu_batch_size is not None and options.gpu_batch_size < 1:

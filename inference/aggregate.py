@@ -10,14 +10,14 @@ import numpy as np
 
 from .config import AggregationConfig
 from .errors import ConfigError, InferenceError, ManifestError
-from .labels import LABELS, PRESENT_INDEX
+from .labels import LABELS, LOCATION_INDICES, PRESENT_INDEX
 
 __all__ = ["aggregate_windows", "enforce_present_rule", "series_features", "LearnedAggregator", "make_aggregator",
            "FEATURE_NAMES", "FEATURE_VERSION"]
 
 log = logging.getLogger(__name__)
 
-_LOCATION_INDEX = [i for i in range(len(LABELS)) if i != PRESENT_INDEX]
+_LOCATION_INDEX = list(LOCATION_INDICES)
 
 
 def enforce_present_rule(probs: np.ndarray) -> np.ndarray:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from .aggregate import enforce_present_rule
-from .errors import ManifestError
+from .errors import InferenceError, ManifestError
 from .labels import LABELS
 
 __all__ = ["BLEND_NAME", "BLEND_VERSION", "BlendMember", "Blend"]
@@ -39,14 +39,25 @@ class Blend:
     weights: np.ndarray
     provenance: dict[str, Any] = field(default_factory=dict)
 
-    def combine(self, member_probs: Sequence[np.ndarray]) -> np.ndarray:
-        """(14,) blended probabilities of the members' (14,) answers, in member order.
+    def combine(self, answers: Mapping[str, np.ndarray]) -> np.ndarray:
+        """(14,) blended probabilities of the members' (14,) answers, by member name.
 
-        Per-label weights can put a blended location above the blended Present, so the kit's rule (Present is
-        at least every location) is applied again after blending.
+        A member missing from `answers` (it failed on this series) costs only itself: each label's weights are
+        renormalised over the members that answered (equal shares where those members had no weight for it).
+        Per-label weights can put a blended location above the blended Present, so the kit's rule (Present is at
+        least every location) is applied again after blending.
+
+        Raises:
+            InferenceError: no member answered.
         """
-        stacked = np.stack([np.asarray(p, dtype=np.float64) for p in member_probs], axis=1)  # (14, M)
-        return enforce_present_rule(np.clip((stacked * self.weights).sum(axis=1), 0.0, 1.0))
+        present = [i for i, m in enumerate(self.members) if m.name in answers]
+        if not present:
+            raise InferenceError("no member of the blend answered")
+        stacked = np.stack([np.asarray(answers[self.members[i].name], dtype=np.float64) for i in present], axis=1)
+        weights = self.weights[:, present]
+        totals = weights.sum(axis=1, keepdims=True)
+        weights = np.where(totals > 0, weights / np.where(totals > 0, totals, 1.0), 1.0 / len(present))
+        return enforce_present_rule(np.clip((stacked * weights).sum(axis=1), 0.0, 1.0))
 
     def problems(self, folder: Path | None = None) -> list[str]:
         out = []

@@ -10,9 +10,10 @@ from typing import Any, Literal
 from .errors import ConfigError
 
 __all__ = ["PreprocessConfig", "WindowConfig", "AggregationConfig", "BudgetConfig", "VolumeConfig", "config_hash",
-           "setting", "help_text", "MODEL_KINDS"]
+           "setting", "help_text", "MODEL_KINDS", "AGGREGATION_METHODS"]
 
 MODEL_KINDS = ("window25d", "volume32")  # the 2.5D window model; the whole series as channels of one image
+AGGREGATION_METHODS = ("max", "topk_mean", "learned")  # window probabilities -> series answer
 
 
 def setting(default: Any, help: str) -> Any:
@@ -96,8 +97,8 @@ class AggregationConfig:
     def __post_init__(self) -> None:
         if self.fold_average not in ("prob", "logit"):
             raise ConfigError(f"fold_average must be 'prob' or 'logit', got {self.fold_average!r}")
-        if self.method not in ("max", "topk_mean", "learned"):
-            raise ConfigError(f"method must be 'max', 'topk_mean' or 'learned', got {self.method!r}")
+        if self.method not in AGGREGATION_METHODS:
+            raise ConfigError(f"method must be one of {', '.join(AGGREGATION_METHODS)}, got {self.method!r}")
         if self.top_k < 1:
             raise ConfigError(f"top_k must be >= 1, got {self.top_k}")
 

@@ -7,6 +7,7 @@ __all__ = [
     "LOCATION_LABELS",
     "PRESENT_LABEL",
     "PRESENT_INDEX",
+    "LOCATION_INDICES",
     "LEFT_RIGHT_PAIRS",
     "LR_SWAP_INDEX",
     "COMPETITION_SLUG",
@@ -34,6 +35,7 @@ LOCATION_LABELS: tuple[str, ...] = (
 PRESENT_LABEL = "Aneurysm Present"
 LABELS: tuple[str, ...] = LOCATION_LABELS + (PRESENT_LABEL,)
 PRESENT_INDEX = LABELS.index(PRESENT_LABEL)
+LOCATION_INDICES: tuple[int, ...] = tuple(i for i in range(len(LABELS)) if i != PRESENT_INDEX)
 
 
 def _left_right_pairs() -> tuple[tuple[int, int], ...]:

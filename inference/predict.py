@@ -18,7 +18,7 @@ from .budget import Degradation
 from .config import AggregationConfig
 from .decode_pool import DecodePool
 from .ensemble import FoldEnsemble, load_ensemble
-from .errors import DeadlineError, KitError, ManifestError
+from .errors import DeadlineError, InferenceError, KitError, ManifestError, SeriesLoadError
 from .labels import LABELS
 from .load import SeriesRestacked, SeriesStream, load_series, plan_series
 from .manifest import Manifest
@@ -256,10 +256,11 @@ class Predictor:
             before any window was scored), or whatever the failure was.
         """
         report = report if report is not None else SeriesReport(series_uid=Path(str(series_path)).name)
-        if self.members or (self.manifest is not None and self.manifest.kind != "window25d"):
+        if self.members:
+            return self._blend_probabilities(series_path, deadline, report, degradation)
+        if self.manifest is not None and self.manifest.kind != "window25d":
             start = time.perf_counter()
-            volume = self.loader(str(series_path)) if self.loader is not None else \
-                load_series(series_path, pool=self.decode_pool, deadline=deadline)
+            volume = self._load(series_path, deadline)
             report.load_s = time.perf_counter() - start
             probs = self.probabilities_from_volume(volume, report=report, deadline=deadline,
                                                    degradation=degradation)
@@ -273,19 +274,72 @@ class Predictor:
         report.total_s += report.aggregate_s
         return probs
 
+    def _load(self, series_path: str | Path, deadline: float | None) -> Volume:
+        if self.loader is not None:
+            return self.loader(str(series_path))
+        return load_series(series_path, pool=self.decode_pool, deadline=deadline)
+
+    def _blend_probabilities(self, series_path: str | Path, deadline: float | None, report: SeriesReport,
+                             degradation: Degradation | None) -> np.ndarray:
+        """A blend's answer: the series is loaded once. The first 2.5D member scores it as it streams in (as a
+        single model would); the other members then run on the loaded volume; `report` sums their work."""
+        start = time.perf_counter()
+        streaming = next((name for name, m in self.members.items() if m.manifest is not None
+                          and m.manifest.kind == "window25d"), None)
+        answers, parts, failed, volume = {}, {}, {}, None
+        if streaming is not None:
+            parts[streaming] = SeriesReport(series_uid=report.series_uid)
+            try:
+                window_probs, volume = self.members[streaming]._window_probabilities(
+                    series_path, deadline, parts[streaming], degradation or Degradation())
+                answers[streaming] = self.members[streaming].aggregator(window_probs, parts[streaming].modality)
+            except (SeriesLoadError, DeadlineError):
+                raise  # the series itself cannot be read in time: no member can answer
+            except Exception as exc:  # this member's failure costs only its share of the blend
+                failed[streaming] = f"{type(exc).__name__}: {exc}"
+            report.members_s[streaming] = round(time.perf_counter() - start, 4)
+        if volume is None:
+            t0 = time.perf_counter()
+            volume = self._load(series_path, deadline)
+            report.load_s += time.perf_counter() - t0
+        else:
+            report.load_s = parts[streaming].load_s
+        for name, member in self.members.items():
+            if name in answers or name in failed:
+                continue
+            t0 = time.perf_counter()
+            parts[name] = SeriesReport(series_uid=report.series_uid)
+            try:
+                answers[name] = member.probabilities_from_volume(volume, report=parts[name], deadline=deadline,
+                                                                 degradation=degradation)
+            except Exception as exc:
+                failed[name] = f"{type(exc).__name__}: {exc}"
+            report.members_s[name] = round(time.perf_counter() - t0, 4)
+        for name, why in failed.items():
+            log.error("series %s: blend member %s failed (%s); the others answer", report.series_uid, name, why)
+        probs = self.blend.combine(answers)  # raises when every member failed
+        for name, answer in answers.items():
+            report.member_probs[name] = [float(v) for v in answer]
+        answered = [parts[name] for name in answers]
+        windowed = parts[streaming] if streaming in answers else answered[0]
+        report.slices, report.modality, report.overlapped = volume.num_slices, volume.modality, windowed.overlapped
+        report.windows, report.windows_total = windowed.windows, windowed.windows_total
+        report.preprocess_s = sum(r.preprocess_s for r in answered)
+        report.infer_s = sum(r.infer_s for r in answered)
+        report.degraded = (degradation or Degradation()).describe()
+        full = not failed and all(r.answer == "model" for r in answered)
+        report.answer = "model" if full else "partial"
+        report.error = "; ".join(f"member {name}: {why}" for name, why in failed.items())
+        report.total_s = time.perf_counter() - start
+        return probs
+
     def probabilities_from_volume(self, volume: Volume, *, report: SeriesReport, deadline: float | None = None,
                                   degradation: Degradation | None = None) -> np.ndarray:
-        """The 14 probabilities of an already loaded volume: this model's, or the blend of the members'."""
+        """The 14 probabilities of an already loaded volume (one model; a blend answers through
+        `predict_probabilities`, which loads the series once for every member)."""
         degradation = degradation or Degradation()
         if self.members:
-            answers = []
-            for name, member in self.members.items():
-                t0 = time.perf_counter()
-                answers.append(member.probabilities_from_volume(volume, report=report, deadline=deadline,
-                                                                degradation=degradation))
-                report.members_s[name] = round(time.perf_counter() - t0, 4)
-                report.member_probs[name] = [float(v) for v in answers[-1]]
-            return self.blend.combine(answers)
+            raise InferenceError("a blend answers through predict_probabilities, not probabilities_from_volume")
         ensemble = self.ensemble
         if ensemble.manifest.kind == "volume32":
             return self._volume_probabilities(ensemble, volume, report, degradation)
@@ -317,16 +371,19 @@ class Predictor:
 
         Args and raises as `predict_probabilities`.
         """
+        report = report if report is not None else SeriesReport(series_uid=Path(str(series_path)).name)
+        return self._window_probabilities(series_path, deadline, report, degradation or Degradation())[0]
+
+    def _window_probabilities(self, series_path: str | Path, deadline: float | None, report: SeriesReport,
+                              degradation: Degradation) -> tuple[np.ndarray, Volume]:
+        """`window_probabilities`, and the volume they were scored on (complete by then)."""
         series_path = str(series_path)
-        report = report if report is not None else SeriesReport(series_uid=Path(series_path).name)
-        degradation = degradation or Degradation()
         report.degraded = degradation.describe()
         start = time.perf_counter()
         ensemble = self.ensemble
         preprocess = ensemble.manifest.preprocess
         if self.loader is not None or preprocess.slice_spacing_mm is not None:  # resampling needs every slice
-            volume = self.loader(series_path) if self.loader is not None else \
-                load_series(series_path, pool=self.decode_pool, deadline=deadline)
+            volume = self._load(series_path, deadline)
             report.load_s = time.perf_counter() - start
             probs = self._windows(ensemble, volume, None, report, deadline, degradation)
         else:  # the volume streams in: the model starts on the first slices while later files still decode
@@ -339,8 +396,9 @@ class Predictor:
                 log.info("series %s: restarted on the volume rebuilt without its lost files", report.series_uid)
                 probs = self._windows(ensemble, stream.result(), None, report, deadline, degradation)
             report.load_s = stream.seconds
+            volume = stream.result()
         report.total_s = time.perf_counter() - start
-        return probs
+        return probs, volume
 
     def _windows(self, ensemble: FoldEnsemble, volume: Volume, stream: SeriesStream | None, report: SeriesReport,
                  deadline: float | None, degradation: Degradation) -> np.ndarray:

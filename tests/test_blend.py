@@ -116,8 +116,11 @@ def test_blended_bundle_answers_the_weighted_members_and_the_build_bundles_it(me
     probs, series_report = Predictor(out, providers=["CPUExecutionProvider"]).predict_series(series)
     each = [Predictor(out / name, providers=["CPUExecutionProvider"]).predict_probabilities(series)
             for name in ("window25d", "volume32")]
-    np.testing.assert_allclose(probs, blend.combine(each), atol=1e-9)
+    np.testing.assert_allclose(probs, blend.combine(dict(zip(("window25d", "volume32"), each))), atol=1e-9)
     assert set(series_report.members_s) == {"window25d", "volume32"}
+    _, alone = Predictor(out / "window25d", providers=["CPUExecutionProvider"]).predict_series(series)
+    assert series_report.answer == "model" and series_report.windows == alone.windows > 1
+    assert series_report.overlapped  # the 2.5D member prepared its slices under the model, as one model does
     np.testing.assert_allclose(series_report.member_probs["volume32"], each[1], atol=1e-9)
     result = build(BuildOptions(weights=out, out=tmp_path / "dist"))
     weights = result.dataset_dir / "weights"
@@ -160,6 +163,32 @@ def test_the_bundled_kernel_serves_a_blend_and_records_each_member(members, tmp_
     assert summary["answers"] == {"model": 3}
     assert set(summary["members"]) == {"window25d", "volume32"}
     assert all(m["seconds"] > 0 for m in summary["members"].values())
+
+
+def test_a_member_that_fails_costs_only_its_share_of_the_blend(members, tmp_path, caplog):
+    blend = Blend((BlendMember("a", "a"), BlendMember("b", "b")),
+                  np.tile([[1.0, 0.0]], (len(LABELS), 1)) * 0.25 + np.tile([[0.0, 1.0]], (len(LABELS), 1)) * 0.75)
+    a, b = np.full(len(LABELS), 0.2), np.full(len(LABELS), 0.6)
+    np.testing.assert_allclose(blend.combine({"a": a, "b": b}), 0.25 * 0.2 + 0.75 * 0.6)
+    np.testing.assert_allclose(blend.combine({"a": a}), a)  # renormalised over the members that answered
+    only_b = Blend(blend.members, np.tile([[0.0, 1.0]], (len(LABELS), 1)))
+    np.testing.assert_allclose(only_b.combine({"a": a}), a)  # no weight left: equal shares of those that answered
+    with pytest.raises(InferenceError, match="no member"):
+        blend.combine({})
+
+    out = tmp_path / "blend"
+    blend_members({"window25d": members["window25d"], "volume32": members["volume32"]}, members["data"], out,
+                  progress=False)
+    fold = Manifest.read(out / "volume32", verify=False).folds[0].file
+    (out / "volume32" / fold).write_bytes(b"not a model any more")  # the member's sessions cannot be built
+    uid = (members["data"] / "train.csv").read_text().splitlines()[1].split(",")[0]
+    series = members["data"] / "series" / uid
+    with caplog.at_level("ERROR", logger="inference.predict"):
+        probs, report = Predictor(out, providers=["CPUExecutionProvider"]).predict_series(series)
+    alone = Predictor(out / "window25d", providers=["CPUExecutionProvider"]).predict_probabilities(series)
+    np.testing.assert_allclose(probs, alone, atol=1e-9)
+    assert report.answer == "partial" and "member volume32" in report.error
+    assert set(report.member_probs) == {"window25d"} and "blend member volume32 failed" in caplog.text
 
 
 def test_members_of_other_fold_assignments_are_refused(members, tmp_path):

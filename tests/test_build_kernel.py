@@ -264,6 +264,18 @@ def test_checks_run_before_anything_is_written(weights, tmp_path):
     assert not (out / "dataset").exists()
 
 
+def test_the_aggregation_option_is_written_and_learned_needs_a_fitted_aggregator(weights, tmp_path):
+    result = build(BuildOptions(weights=weights, out=tmp_path / "dist", aggregation="max"))
+    bundled = Manifest.read(tmp_path / "dist" / "dataset" / "weights", verify=True)
+    assert result.manifest.aggregation.method == bundled.aggregation.method == "max"
+    assert bundled.provenance["bundle"]["aggregation"] == "max"
+    with pytest.raises(BuildError, match="--aggregation learned: .*no aggregator"):
+        build(BuildOptions(weights=weights, out=tmp_path / "other", aggregation="learned"))
+    assert not (tmp_path / "other" / "dataset").exists()
+    with pytest.raises(BuildError, match="aggregation 'median' is not one of"):
+        build(BuildOptions(weights=weights, out=tmp_path / "other", aggregation="median"))
+
+
 def test_not_an_onnx_file_fails(weights, tmp_path):
     bad = _copy_weights(weights, tmp_path)
     (bad / "fold0.onnx").write_bytes(b"not a model")

@@ -59,6 +59,18 @@ def test_presets_load_and_overrides_apply():
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg  # round trip (what provenance stores)
 
 
+def test_every_preset_loads_and_the_volume_presets_match_the_competition_folds():
+    presets = {p.stem: load_config(p) for p in sorted((ROOT / "configs").glob("*.yaml"))}
+    assert {"competition", "competition_volume", "tiny", "tiny_volume", "phantom_default"} <= set(presets)
+    volume = presets["competition_volume"]
+    assert volume.model.kind == "volume32" and volume.input_channels == 32 and volume.preprocess.image_size == 384
+    assert volume.model.arch == "tf_efficientnetv2_s" and volume.augment.flip_lr > 0
+    for big, small in (("competition", "competition_volume"), ("tiny", "tiny_volume")):  # blendable: same folds
+        assert presets[big].train.num_folds == presets[small].train.num_folds
+        assert presets[big].train.seed == presets[small].train.seed
+        assert presets[big].model.kind == "window25d" and presets[small].model.kind == "volume32"
+
+
 @pytest.mark.parametrize("override, match", [
     ("train.epoch=3", "no key"), ("nosection.x=1", "unknown section"), ("train.epochs", "section.key=value"),
     ("sampling.positive_inference_share=0.2", "positive_inference_share"), ("train.folds=[7]", "outside"),

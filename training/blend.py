@@ -122,7 +122,7 @@ def blend_members(members: dict[str, Path], data_dir: str | Path, out: str | Pat
         if weights is None:
             weights = np.full((len(LABELS), len(members)), 1.0 / len(members))
         blend = Blend(members=tuple(BlendMember(n, n) for n in members), weights=weights)
-        cross[held] = [blend.combine(answers[:, i]) for i in np.flatnonzero(held)]  # what the kernel answers
+        cross[held] = [blend.combine(dict(zip(members, answers[:, i]))) for i in np.flatnonzero(held)]  # as served
     weights = fit_blend_weights(answers, truth, step=step)
     report = {"series": len(uids), "folds": folds,
               "members": {name: score_predictions(truth, answers[m]) for m, name in enumerate(members)},
