@@ -39,6 +39,10 @@ class Blend:
     weights: np.ndarray
     provenance: dict[str, Any] = field(default_factory=dict)
 
+    def weighted_members(self) -> tuple[BlendMember, ...]:
+        """The members with a weight above zero for some label (the others need not run)."""
+        return tuple(m for m, column in zip(self.members, self.weights.T) if (column > 0).any())
+
     def combine(self, answers: Mapping[str, np.ndarray]) -> np.ndarray:
         """(14,) blended probabilities of the members' (14,) answers, by member name.
 

@@ -185,9 +185,12 @@ class Predictor:
         try:
             self.blend = Blend.read(self.bundle_dir)
             if self.blend is not None:
+                weighted = self.blend.weighted_members()
+                for member in self.blend.members:
+                    if member not in weighted:
+                        log.info("blend member %s has zero weight for every label: not loaded", member.name)
                 self.members = {m.name: Predictor(self.bundle_dir / m.folder, providers=providers, folds=folds,
-                                                  threads=threads, decode_pool=decode_pool)
-                                for m in self.blend.members}
+                                                  threads=threads, decode_pool=decode_pool) for m in weighted}
                 first = next(iter(self.members.values()))
                 self.manifest, self.priors = first.manifest, first.priors  # the members share labels and data
                 return

@@ -11,7 +11,7 @@ import pytest
 from evaluation.metric import roc_auc
 from inference.blend import BLEND_NAME, Blend, BlendMember
 from inference.errors import InferenceError, ManifestError
-from inference.labels import LABELS
+from inference.labels import LABELS, PRESENT_INDEX
 from inference.manifest import Manifest
 from inference.normalize import resample_depth
 from inference.predict import Predictor
@@ -36,14 +36,18 @@ def test_resample_depth_spreads_the_slices_from_first_to_last():
         resample_depth(stack, 0)
 
 
-def test_blend_weights_follow_the_member_that_ranks_each_label_best():
-    rng = np.random.default_rng(0)
+def _two_members(split: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Truth and two members: `a` ranks the labels where `split` is True well (noise elsewhere), `b` the others."""
+    rng = np.random.default_rng(seed)
     truth = (rng.random((200, len(LABELS))) < 0.3).astype(float)
     good = truth * 0.6 + rng.random(truth.shape) * 0.5
     noise = rng.random(truth.shape)
-    a = np.where(np.arange(len(LABELS)) < 7, good, noise)  # member a knows labels 0-6
-    b = np.where(np.arange(len(LABELS)) < 7, noise, good)  # member b knows the others
-    weights = fit_blend_weights(np.stack([a, b]), truth)
+    return truth, np.where(split, good, noise), np.where(split, noise, good)
+
+
+def test_per_label_blend_weights_follow_the_member_that_ranks_each_label_best():
+    truth, a, b = _two_members(np.arange(len(LABELS)) < 7)  # member a knows labels 0-6, b the others
+    weights = fit_blend_weights(np.stack([a, b]), truth, per_label=True)
     assert weights.shape == (len(LABELS), 2) and np.allclose(weights.sum(axis=1), 1)
     assert (weights[:7, 0] > 0.5).all() and (weights[7:, 1] > 0.5).all()
     blend = np.einsum("lm,mnl->nl", weights, np.stack([a, b]))
@@ -51,6 +55,17 @@ def test_blend_weights_follow_the_member_that_ranks_each_label_best():
         assert roc_auc(truth[:, j], blend[:, j]) >= max(roc_auc(truth[:, j], a[:, j]),
                                                         roc_auc(truth[:, j], b[:, j])) - 1e-12
     assert len(simplex_grid(3, 0.5)) == 6
+
+
+def test_blend_weights_give_present_its_own_and_share_one_set_across_the_locations():
+    truth, a, b = _two_members(np.arange(len(LABELS)) == PRESENT_INDEX)  # a knows Present only, b the locations
+    weights = fit_blend_weights(np.stack([a, b]), truth)
+    locations = [j for j in range(len(LABELS)) if j != PRESENT_INDEX]
+    assert np.allclose(weights[locations], weights[locations[0]]) and weights[locations[0], 1] > 0.5
+    assert weights[PRESENT_INDEX, 0] > 0.5
+    truth, a, _ = _two_members(np.ones(len(LABELS), bool))
+    alone = fit_blend_weights(np.stack([a, a]), truth)  # members that agree: a tie keeps the best member alone
+    np.testing.assert_array_equal(alone, np.tile([1.0, 0.0], (len(LABELS), 1)))
 
 
 def test_a_blend_file_is_checked_when_read(tmp_path):
@@ -89,6 +104,16 @@ def members(tmp_path_factory) -> dict:
     return {"root": root, "data": data, **out}
 
 
+def _mixed_blend(members: dict, out: Path) -> dict:
+    """The two members blended by training.blend, then given fixed weights that use both (3 out-of-fold series
+    fit weights that may leave a member out; these tests are about serving a blend)."""
+    report = blend_members({"window25d": members["window25d"], "volume32": members["volume32"]}, members["data"],
+                           out, force=True, progress=False)
+    fitted = Blend.read(out)
+    Blend(fitted.members, np.tile([0.7, 0.3], (len(LABELS), 1)), fitted.provenance).write(out)
+    return report
+
+
 def test_the_volume_model_trains_exports_and_runs_in_the_kernel(members):
     manifest = Manifest.read(members["volume32"], verify=True)
     assert manifest.kind == "volume32" and manifest.volume.depth == 8
@@ -106,8 +131,7 @@ def test_blended_bundle_answers_the_weighted_members_and_the_build_bundles_it(me
     from bundle import BuildOptions, build
 
     out = tmp_path / "blend"
-    report = blend_members({"window25d": members["window25d"], "volume32": members["volume32"]}, members["data"],
-                           out, progress=False)
+    report = _mixed_blend(members, out)
     assert report["series"] == 3 and set(report["members"]) == {"window25d", "volume32"}
     blend = Blend.read(out)
     assert [m.name for m in blend.members] == ["window25d", "volume32"]
@@ -142,8 +166,7 @@ def test_the_bundled_kernel_serves_a_blend_and_records_each_member(members, tmp_
     from inference.labels import ID_COLUMN
 
     blended = tmp_path / "blend"
-    blend_members({"window25d": members["window25d"], "volume32": members["volume32"]}, members["data"], blended,
-                  progress=False)
+    _mixed_blend(members, blended)
     result = build(BuildOptions(weights=blended, out=tmp_path / "dist"))
     phantom.make_dataset(tmp_path / "phantom", series=0, test_series=3, seed=8, slices=(12, 16), size=(40, 48),
                          workers=1)
@@ -177,8 +200,7 @@ def test_a_member_that_fails_costs_only_its_share_of_the_blend(members, tmp_path
         blend.combine({})
 
     out = tmp_path / "blend"
-    blend_members({"window25d": members["window25d"], "volume32": members["volume32"]}, members["data"], out,
-                  progress=False)
+    _mixed_blend(members, out)
     fold = Manifest.read(out / "volume32", verify=False).folds[0].file
     (out / "volume32" / fold).write_bytes(b"not a model any more")  # the member's sessions cannot be built
     uid = (members["data"] / "train.csv").read_text().splitlines()[1].split(",")[0]
@@ -189,6 +211,33 @@ def test_a_member_that_fails_costs_only_its_share_of_the_blend(members, tmp_path
     np.testing.assert_allclose(probs, alone, atol=1e-9)
     assert report.answer == "partial" and "member volume32" in report.error
     assert set(report.member_probs) == {"window25d"} and "blend member volume32 failed" in caplog.text
+
+
+def test_a_blend_that_does_not_beat_its_best_member_out_of_fold_answers_with_that_member_alone(members, tmp_path,
+                                                                                               caplog):
+    twin = Path(shutil.copytree(members["window25d"], tmp_path / "twin"))  # blending a model with itself gains 0
+    out = tmp_path / "blend"
+    with caplog.at_level("WARNING", logger="training.blend"):
+        report = blend_members({"window25d": members["window25d"], "twin": twin}, members["data"], out,
+                               progress=False)
+    assert report["used"] == "window25d alone" and "not 0.005 above window25d alone" in caplog.text
+    blend = Blend.read(out)
+    np.testing.assert_array_equal(blend.weights, np.tile([1.0, 0.0], (len(LABELS), 1)))
+    assert [m.name for m in blend.weighted_members()] == ["window25d"]
+    uid = (members["data"] / "train.csv").read_text().splitlines()[1].split(",")[0]
+    series = members["data"] / "series" / uid
+    predictor = Predictor(out, providers=["CPUExecutionProvider"])
+    assert list(predictor.members) == ["window25d"]  # the zero-weight member is not loaded, never run
+    probs, report = predictor.predict_series(series)
+    alone = Predictor(members["window25d"], providers=["CPUExecutionProvider"]).predict_probabilities(series)
+    np.testing.assert_allclose(probs, alone, atol=1e-9)
+    assert report.answer == "model" and set(report.members_s) == {"window25d"}
+    forced = blend_members({"window25d": members["window25d"], "twin": twin}, members["data"], tmp_path / "forced",
+                           force=True, progress=False)
+    assert forced["used"] == "blend"
+    lenient = blend_members({"window25d": members["window25d"], "twin": twin}, members["data"],
+                            tmp_path / "lenient", min_gain=-0.01, progress=False)  # a tie now clears the bar
+    assert lenient["used"] == "blend"
 
 
 def test_members_of_other_fold_assignments_are_refused(members, tmp_path):
