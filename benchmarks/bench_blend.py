@@ -5,8 +5,8 @@
 The CPU budget: `make demo` trains one 2.5D model (configs/tiny.yaml) for 12 epochs in 2 folds. Here the two
 members share that budget: the 2.5D member trains fewer epochs (--window-epochs) and the volume member
 (configs/tiny_volume.yaml, 32 slices of 64 px) takes the rest (--volume-epochs); the training CPU seconds of
-each are measured and printed (measured on 2 cores: 8 + 55 epochs cost what 12 epochs of the 2.5D model alone
-cost, about 400 CPU seconds, the cache shared and not counted). The blend weights are fitted on the members'
+each are measured and printed (measured on 2 cores: 8 + 55 epochs took 424 CPU seconds, 12 epochs of the 2.5D
+model alone 402; the cache is shared and not counted). The blend weights are fitted on the members'
 out-of-fold answers (python -m training.blend); then the held-out test split is answered by the blended bundle,
 which records each member's answer and seconds, so every score below comes from the same calls. With
 --reference-epochs N > 0 the 2.5D model alone at the whole budget (N epochs) is trained and scored too.
