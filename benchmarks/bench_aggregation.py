@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     oof_series = _oof_windows(weights, data, manifest)
     times["out-of-fold windows"] = time.perf_counter() - start
     oof = stacking_report(oof_series, top_k=manifest.aggregation.top_k)
-    learned = fit_aggregator(oof_series)
+    learned = fit_aggregator(oof_series, anchor=oof["anchor"])
     truth, answers = [], {"max": [], "topk_mean": [], "learned": []}
     test = data / "test"
     labels = {line.split(",")[0]: np.array([float(v) for v in line.split(",")[-14:]])
@@ -113,13 +113,17 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nphantom seed {args.seed}: {args.series} train series ({args.folds} folds trained), "
           f"{len(labels)} held-out series; aggregation chosen by the trainer: {manifest.aggregation.method}")
     print(f"{'':<42}{'max':>10}{'top-k mean':>12}{'learned':>10}")
-    for title, table in (("out-of-fold (learned CV'd)", oof), ("held-out test", held)):
+    for title, table in (("out-of-fold, fold-wise", oof), ("held-out test", held)):
         if not table:
             continue
         for key, name in (("score", "score"), ("present_auc", "Present AUC"), ("mean_location_auc", "location AUC")):
             cells = [table[m][key] for m in ("max", "topk_mean", "learned")]
             print(f"{title + ' ' + name:<42}" + "".join(f"{'-' if c is None else f'{c:.4f}':>{w}}"
                                                        for c, w in zip(cells, (10, 12, 10))))
+    gain = oof.get("learned_gain")
+    kept = "learned" if gain is not None and gain > 0 else oof.get("best_fixed")
+    print(f"out-of-fold, fold-wise gain of learned (anchored on {oof.get('anchor')}) over the best fixed reduction: "
+          + ("-" if gain is None else f"{gain:+.4f} -> the trainer keeps {kept}"))
     fixed = max(held["max"]["score"], held["topk_mean"]["score"])
     print(f"held-out gain of learned over the best fixed reduction: {held['learned']['score'] - fixed:+.4f}")
     print("wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in times.items()))

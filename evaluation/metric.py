@@ -13,7 +13,8 @@ import numpy as np
 from inference.errors import KitError
 from inference.labels import LABELS, LOCATION_LABELS, PRESENT_INDEX, PRESENT_LABEL
 
-__all__ = ["MetricError", "roc_auc", "ScoreReport", "competition_score", "score_predictions", "score_by_modality"]
+__all__ = ["MetricError", "roc_auc", "ScoreReport", "competition_score", "score_predictions", "score_by_modality",
+           "score_fold_wise"]
 
 
 class MetricError(KitError, ValueError):
@@ -130,3 +131,27 @@ def score_by_modality(y_true: np.ndarray, y_pred: np.ndarray, modality: Sequence
     modality = np.asarray(modality).astype(str)
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     return {m: score_predictions(y_true[modality == m], y_pred[modality == m]) for m in sorted(set(modality))}
+
+
+def score_fold_wise(y_true: np.ndarray, y_pred: np.ndarray, folds: Sequence[int]) -> dict[str, Any]:
+    """`score_predictions` on each fold's series, and the mean of each figure over the folds where it is defined.
+
+    Out-of-fold answers come from one model per fold, each with its own probability scale. Pooling them into one
+    AUC also scores how the folds' scales line up, which the kernel never meets: it averages every fold's model
+    for every series. Comparing two ways of answering (fixed reductions, a learned aggregator, a blend) fold by fold
+    compares only how each ranks the series one model saw.
+
+    Returns:
+        {"score", "present_auc", "mean_location_auc": fold means (None where no fold defines it), "folds": n,
+        "series": n, "per_fold": {fold: score_predictions(...)}}.
+    """
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    folds = np.asarray(folds)
+    per_fold = {int(f): score_predictions(y_true[folds == f], y_pred[folds == f]) for f in np.unique(folds)}
+
+    def mean(key: str) -> float | None:
+        values = [r[key] for r in per_fold.values() if r[key] is not None]
+        return float(np.mean(values)) if values else None
+
+    return {"score": mean("score"), "present_auc": mean("present_auc"), "mean_location_auc": mean("mean_location_auc"),
+            "folds": len(per_fold), "series": int(y_true.shape[0]), "per_fold": per_fold}

@@ -61,3 +61,23 @@ def test_lenient_score_is_undefined_without_a_present_auc():
     report = score_predictions(y, p)
     assert report["present_auc"] is None and report["mean_location_auc"] is not None
     assert report["score"] is None and not report["complete"]  # not the location mean in disguise
+
+
+def test_fold_wise_scores_rank_within_each_fold_and_ignore_scales_across_folds():
+    from evaluation.metric import score_fold_wise, score_predictions
+
+    rng = np.random.default_rng(6)
+    y = rng.integers(0, 2, (60, len(LABELS)))
+    folds = np.repeat([0, 1], 30)
+    # each fold ranks its series perfectly, but fold 1's model answers on a lower scale than fold 0's
+    p = np.where(y == 1, 0.6, 0.4) - 0.3 * (folds == 1)[:, None]
+    pooled = score_predictions(y, p)["score"]
+    fold_wise = score_fold_wise(y, p, folds)
+    assert pooled < 0.9 and fold_wise["score"] == pytest.approx(1.0)
+    assert fold_wise["folds"] == 2 and fold_wise["series"] == 60
+    p[:30] = rng.random((30, len(LABELS)))  # fold 0 now guesses
+    mixed = score_fold_wise(y, p, folds)
+    assert mixed["per_fold"][1]["score"] == pytest.approx(1.0)
+    assert mixed["score"] == pytest.approx((mixed["per_fold"][0]["score"] + 1.0) / 2)
+    y[:30, PRESENT_INDEX] = 1  # fold 0's Present AUC undefined: the mean is over the folds that define it
+    assert score_fold_wise(y, p, folds)["present_auc"] == pytest.approx(1.0)

@@ -79,12 +79,13 @@ def _install_aggregator(out_dir: Path, windows: list, stacking: dict[str, Any]) 
     """Fit the learned aggregator on every out-of-fold series and write it into the manifest; the manifest's method
     becomes "learned" when it beat the best fixed reduction in fold-wise cross-validation (else it stays)."""
     manifest = Manifest.read(out_dir, verify=True)
-    aggregator = fit_aggregator(windows)
+    aggregator = fit_aggregator(windows, anchor=stacking["anchor"])
     gain = stacking["learned_gain"]
     use = gain is not None and gain > 0
     aggregation = dataclasses.replace(manifest.aggregation, method="learned") if use else manifest.aggregation
     provenance = {**manifest.provenance, "aggregation": {
         "used": aggregation.method, "learned_gain_cv": gain, "best_fixed": stacking["best_fixed"],
+        "anchor": stacking["anchor"],
         "scores_cv": {name: stacking[name]["score"] for name in ("max", "topk_mean", "learned")},
         "series": stacking["series"]}}
     dataclasses.replace(manifest, aggregation=aggregation, aggregator=aggregator.to_dict(),
