@@ -95,8 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     learned = fit_aggregator(oof_series, anchor=oof["anchor"])
     truth, answers = [], {"max": [], "topk_mean": [], "learned": []}
     test = data / "test"
-    labels = {line.split(",")[0]: np.array([float(v) for v in line.split(",")[-14:]])
-              for line in (test / "test_labels.csv").read_text().splitlines()[1:]}
+    held_out = read_train_table(test / "test_labels.csv")
+    labels = dict(zip(held_out.uids, held_out.labels))
     start = time.perf_counter()
     for uid, truth_row in labels.items():
         report = SeriesReport(series_uid=uid)

@@ -33,6 +33,7 @@ from demo import DEMO_PHANTOM  # noqa: E402
 from evaluation.metric import score_predictions  # noqa: E402
 from inference.predict import Predictor  # noqa: E402
 from training.blend import MIN_GAIN, blend_members  # noqa: E402
+from training.data import read_train_table  # noqa: E402
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -79,8 +80,8 @@ def _train(args: argparse.Namespace, data: Path, out: Path, name: str, config: s
 
 
 def _held_out(test: Path) -> dict[str, np.ndarray]:
-    lines = (test / "test_labels.csv").read_text().splitlines()[1:]
-    return {line.split(",")[0]: np.array([float(v) for v in line.split(",")[-14:]]) for line in lines}
+    table = read_train_table(test / "test_labels.csv")
+    return dict(zip(table.uids, table.labels))
 
 
 def main(argv: list[str] | None = None) -> int:

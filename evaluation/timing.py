@@ -6,13 +6,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from inference.config import BudgetConfig
+from inference.gateway import CALL_LIMIT_S, STARTUP_LIMIT_S
+
 __all__ = ["TimingSummary", "summarize_timing", "RUN_LIMIT_S", "HIDDEN_TEST_SERIES", "STARTUP_LIMIT_S",
            "CALL_LIMIT_S"]
 
-RUN_LIMIT_S = 12 * 3600.0  # the whole hidden test set
-HIDDEN_TEST_SERIES = 2500  # about the size of the hidden test set
-STARTUP_LIMIT_S = 15 * 60.0
-CALL_LIMIT_S = 30 * 60.0
+RUN_LIMIT_S = BudgetConfig().run_hours * 3600.0  # the whole hidden test set
+HIDDEN_TEST_SERIES = BudgetConfig().expected_series  # about the size of the hidden test set
 
 
 @dataclass(frozen=True)

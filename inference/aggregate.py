@@ -131,8 +131,11 @@ class LearnedAggregator:
     version: int = FEATURE_VERSION
 
     def __call__(self, window_probs: np.ndarray, modality: str) -> np.ndarray:
-        features = (series_features(window_probs, modality) - self.mean) / self.scale
-        logits = np.einsum("lf,lf->l", features, self.weights) + self.bias
+        return self.from_features(series_features(window_probs, modality))
+
+    def from_features(self, features: np.ndarray) -> np.ndarray:
+        """(..., 14) probabilities from (..., 14, F) `series_features` (one series or a stack of them)."""
+        logits = np.einsum("...lf,lf->...l", (features - self.mean) / self.scale, self.weights) + self.bias
         return np.clip(np.exp(-np.logaddexp(0.0, -logits)), 0.0, 1.0)
 
     def to_dict(self) -> dict[str, Any]:

@@ -42,6 +42,16 @@ class Degradation:
     def half_folds(self) -> bool:
         return "half_folds" in self.steps
 
+    @property
+    def tta(self) -> bool | None:
+        """The `tta` argument of `FoldEnsemble.predict_windows`: False with tta_off, else None (the manifest's)."""
+        return False if self.tta_off else None
+
+    def folds(self, available: int) -> int | None:
+        """The `folds` argument of `FoldEnsemble.predict_windows`: half of `available`, rounded up, with
+        half_folds, else None (all)."""
+        return -(-available // 2) if self.half_folds else None
+
     def describe(self) -> str:
         return "full" if not self.steps else "+".join(self.steps)
 

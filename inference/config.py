@@ -10,7 +10,7 @@ from typing import Any, Literal
 from .errors import ConfigError
 
 __all__ = ["PreprocessConfig", "WindowConfig", "AggregationConfig", "BudgetConfig", "VolumeConfig", "config_hash",
-           "setting", "help_text", "MODEL_KINDS", "AGGREGATION_METHODS"]
+           "setting", "MODEL_KINDS", "AGGREGATION_METHODS"]
 
 MODEL_KINDS = ("window25d", "volume32")  # the 2.5D window model; the whole series as channels of one image
 AGGREGATION_METHODS = ("max", "topk_mean", "learned")  # window probabilities -> series answer
@@ -22,11 +22,6 @@ def setting(default: Any, help: str) -> Any:
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata={"help": help})
     return field(default=default, metadata={"help": help})
-
-
-def help_text(cls: type, name: str) -> str:
-    """The help line of field `name` of config dataclass `cls` ('' when it has none)."""
-    return next((f.metadata.get("help", "") for f in dataclasses.fields(cls) if f.name == name), "")
 
 
 @dataclass(frozen=True)

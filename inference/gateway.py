@@ -41,7 +41,8 @@ import polars as pl
 from .errors import KitError
 from .labels import ID_COLUMN, LABELS
 
-__all__ = ["GatewayError", "LocalInferenceServer", "GatewayRun", "check_answer", "STARTUP_LIMIT_S", "CALL_LIMIT_S",
+__all__ = ["GatewayError", "LocalInferenceServer", "GatewayRun", "check_answer", "default_share_dir",
+           "STARTUP_LIMIT_S", "CALL_LIMIT_S",
            "RERUN_ENV", "SUBMISSION_NAME"]
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,11 @@ CALL_LIMIT_S = 30 * 60.0  # one predict call, from the second call on
 RERUN_ENV = "KAGGLE_IS_COMPETITION_RERUN"
 SUBMISSION_NAME = "submission.parquet"
 _KAGGLE_SHARE_DIR = "/kaggle/shared/"
+
+
+def default_share_dir() -> str | None:
+    """Where Kaggle's gateway shares series when no file_share_dir is given: /kaggle/shared/ on Kaggle, None off it."""
+    return _KAGGLE_SHARE_DIR if os.path.exists("/kaggle") else None
 
 
 class GatewayError(KitError):
@@ -143,7 +149,7 @@ class LocalInferenceServer:
         if not data_paths:
             raise GatewayError("the local gateway needs data_paths=(test.csv, series folder)")
         test_csv, series_root = (str(p) for p in data_paths)
-        share = file_share_dir or (_KAGGLE_SHARE_DIR if os.path.exists("/kaggle") else None)
+        share = file_share_dir or default_share_dir()
         if share is None:  # Kaggle's gateway fails with a TypeError while sharing the first series
             raise GatewayError("file_share_dir is required off Kaggle (where /kaggle does not exist): the gateway "
                                "cannot share the first series (Kaggle's raises TypeError)")

@@ -185,7 +185,7 @@ class KernelRuntime:
 
     def _remove_consumed(self, series_path: str) -> None:
         """Delete a consumed series under the share folder (Kaggle's gateway leaves it: the disk would fill up)."""
-        share = self.config.share_dir or (Path(gateway._KAGGLE_SHARE_DIR) if os.path.exists("/kaggle") else None)
+        share = self.config.share_dir or gateway.default_share_dir()
         try:
             # absolute, not resolved: the shared series folders hold symlinks to the data, never follow them
             root = Path(os.path.abspath(share)) if share is not None else None
@@ -307,9 +307,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run_local_gateway(server: Any, config: KernelConfig, *, kaggle: bool) -> int:
     """One local gateway run over the test data; off Kaggle the share folder is always passed (Kaggle's needs it)."""
-    on_kaggle = os.path.exists("/kaggle")
     share, temporary = config.share_dir, None
-    if share is None and not on_kaggle:
+    if share is None and gateway.default_share_dir() is None:
         temporary = Path(tempfile.mkdtemp(prefix="rsna_shared_"))
         share = temporary
     data_paths = None

@@ -117,23 +117,6 @@ class SeriesPlan:
     failures: list[tuple[str, str]]
     stack: Stack
 
-    @property
-    def sources(self) -> list[SliceSource]:
-        """The chosen frames in slice order (before the canonical transform): file, SOPInstanceUID, frame."""
-        frames, images = self.stack.frames, self.images
-        return [SliceSource(images[frames.image[i]].sop_instance_uid, int(frames.frame[i]),
-                            images[frames.image[i]].path) for i in self.stack.order]
-
-    @property
-    def orientation(self) -> np.ndarray | None:
-        """The stack's ImageOrientationPatient (row direction, column direction), None when no file has one."""
-        return self.stack.orientation
-
-    @property
-    def notes(self) -> list[str]:
-        """Files that cannot be read, and what choosing the stack dropped or assumed."""
-        return [f"skipped {reason}" for _, reason in self.failures] + self.stack.notes
-
 
 def plan_series(folder: str | Path, *, backends: Sequence[str] = DEFAULT_BACKENDS) -> SeriesPlan:
     """Read every file's header and choose the image stack, as `load_series` does before decoding anything.
@@ -188,7 +171,6 @@ class SeriesStream:
         # canonical slice c is stack slice k (or n-1-k) only for stacks acquired along the canonical slice axis;
         # an unknown modality is guessed from the whole volume: neither streams before it is complete
         self.streamable = self.volume.transform.axes[0] == 0 and bool(self.volume.modality)
-        self.restacked = False
         self.seconds = 0.0  # how long filling took, once done
         self._filled = np.zeros(len(plan.stack.order), dtype=bool)
         self._ready = 0
@@ -296,7 +278,7 @@ class SeriesStream:
                 new_stack = choose_stack(survivors)
                 volume, _ = _skeleton(plan.folder, survivors, new_stack)
                 _fill_all(volume, survivors, new_stack)
-                self.volume, self.restacked, stack = volume, True, new_stack
+                self.volume, stack = volume, new_stack
             for _, reason in failures:
                 LOGGER.warning("%s: skipped %s", plan.folder.name, reason)
             self.volume.dropped[:0] = [f"skipped {reason}" for _, reason in failures]

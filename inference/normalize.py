@@ -7,13 +7,13 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .config import PreprocessConfig
+from .config import PreprocessConfig, VolumeConfig
 from .errors import InferenceError
 from .volume import Volume
 
 __all__ = ["PreparedVolume", "SliceGeometry", "SlicePlan", "preprocess_volume", "plan_slices", "prepare_slices",
            "prepared_volume", "intensity_range", "slice_geometry", "to_uint8", "sample_slices", "warn_if_constant_ct",
-           "resample_depth"]
+           "resample_depth", "volume_model_input"]
 
 log = logging.getLogger(__name__)
 
@@ -227,6 +227,13 @@ def resample_depth(stack: np.ndarray, depth: int) -> np.ndarray:
     if stack.ndim != 3 or stack.shape[0] < 1 or depth < 1:
         raise InferenceError(f"cannot resample a stack of shape {stack.shape} to {depth} slices")
     return _interpolate_slices(stack, np.linspace(0.0, stack.shape[0] - 1, depth))
+
+
+def volume_model_input(stack: np.ndarray, cfg: VolumeConfig, dtype: np.dtype | type = np.float32) -> np.ndarray:
+    """The volume model's (D, S, S) input from a prepared uint8 stack: `resample_depth` to `cfg.depth` slices,
+    times `cfg.scale` (in float32, then cast to `dtype`), the same for the trainer and the kernel."""
+    scaled = resample_depth(np.asarray(stack), cfg.depth).astype(np.float32) * np.float32(cfg.scale)
+    return scaled.astype(dtype, copy=False)
 
 
 def preprocess_volume(volume: Volume, cfg: PreprocessConfig) -> PreparedVolume:

@@ -27,8 +27,8 @@ from .normalize import (
     plan_slices,
     prepare_slices,
     preprocess_volume,
-    resample_depth,
     sample_slices,
+    volume_model_input,
     warn_if_constant_ct,
 )
 from .volume import Volume
@@ -356,11 +356,9 @@ class Predictor:
         manifest = ensemble.manifest
         t0 = time.perf_counter()
         prepared = preprocess_volume(volume, manifest.preprocess)
-        batch = resample_depth(prepared.pixels, manifest.volume.depth)[None].astype(ensemble.input_dtype)
-        batch *= ensemble.input_dtype.type(manifest.volume.scale)
+        batch = volume_model_input(prepared.pixels, manifest.volume, ensemble.input_dtype)[None]
         t1 = time.perf_counter()
-        probs = ensemble.predict_windows(batch, tta=False if degradation.tta_off else None,
-                                         folds=-(-len(ensemble.sessions) // 2) if degradation.half_folds else None)[0]
+        probs = ensemble.predict_windows(batch, tta=degradation.tta, folds=degradation.folds(len(ensemble.sessions)))[0]
         report.slices, report.modality = volume.num_slices, volume.modality
         report.preprocess_s += t1 - t0
         report.infer_s += time.perf_counter() - t1
@@ -412,8 +410,7 @@ class Predictor:
         windows = dataclasses.replace(
             windows, stride=windows.stride * degradation.stride_factor,
             batch_size=windows.gpu_batch_size if on_cuda and windows.gpu_batch_size else windows.batch_size)
-        tta = False if degradation.tta_off else None
-        folds = -(-len(ensemble.sessions) // 2) if degradation.half_folds else None
+        tta, folds = degradation.tta, degradation.folds(len(ensemble.sessions))
         t1 = time.perf_counter()
         if stream is not None and not stream.streamable:  # another plane: canonical slices need every file
             volume, stream = stream.result(), None

@@ -171,21 +171,18 @@ def _patch_fields(path: Path, locate: Callable[[bytes], int], fields: dict[int, 
     return Path(path)
 
 
+def _set_fields(*fields: tuple[int, str, int | None]) -> dict[int, tuple[str, int]]:
+    """(offset, struct format, value) triples -> {offset: (format, value)} for the values that are set."""
+    return {offset: (fmt, value) for offset, fmt, value in fields if value is not None}
+
+
 def patch_jpegls_sof55(path: Path, *, precision: int | None = None, lines: int | None = None,
                        columns: int | None = None, components: int | None = None) -> Path:
     """Overwrite fields of the JPEG-LS SOF55 segment (FF F7 Lf P Y X Nf ...) of a valid JPEG-LS file, in place.
 
     Offsets from the marker: Lf +2 (2 bytes), P +4 (1), Y +5 (2), X +7 (2), Nf +9 (1). Unset fields are kept.
     """
-    fields: dict[int, tuple[str, int]] = {}
-    if precision is not None:
-        fields[4] = ("B", precision)
-    if lines is not None:
-        fields[5] = ("H", lines)
-    if columns is not None:
-        fields[7] = ("H", columns)
-    if components is not None:
-        fields[9] = ("B", components)
+    fields = _set_fields((4, "B", precision), (5, "H", lines), (7, "H", columns), (9, "B", components))
     return _patch_fields(path, lambda fragment: _jpeg_marker_offset(fragment, _SOF55), fields)
 
 
@@ -198,16 +195,9 @@ def patch_jpeg2000_siz(path: Path, *, component: int = 0, ssiz: int | None = Non
     YTsiz +26, XTOsiz +30, YTOsiz +34 (4 each), Csiz +38 (2), then 3 bytes per component c: Ssiz +40+3c,
     XRsiz +41+3c, YRsiz +42+3c. Unset fields are kept.
     """
-    fields: dict[int, tuple[str, int]] = {}
-    if xsiz is not None:
-        fields[6] = ("I", xsiz)
-    if ysiz is not None:
-        fields[10] = ("I", ysiz)
-    if csiz is not None:
-        fields[38] = ("H", csiz)
-    for rel, value in ((40, ssiz), (41, xrsiz), (42, yrsiz)):
-        if value is not None:
-            fields[rel + 3 * component] = ("B", value)
+    c = 3 * component
+    fields = _set_fields((6, "I", xsiz), (10, "I", ysiz), (38, "H", csiz), (40 + c, "B", ssiz), (41 + c, "B", xrsiz),
+                         (42 + c, "B", yrsiz))
     return _patch_fields(path, _siz_offset, fields)
 
 

@@ -239,14 +239,12 @@ class FoldTask:
         net: the network (on the device).
         items_per_epoch: training items (windows or series) per epoch, over every rank.
         epoch_dataset: (epoch, rng) -> that epoch's Dataset; items are tuples whose last element is the labels.
-        forward: (model, inputs on the device) -> logits.
         validate: (net) -> report with "configured", "max" and "topk_mean" scores (rank 0 only).
     """
 
     net: torch.nn.Module
     items_per_epoch: int
     epoch_dataset: Any
-    forward: Any
     validate: Any
 
 
@@ -270,7 +268,6 @@ def train_fold(cfg: TrainConfig, fold: int, train_series: list[CachedSeries], va
         return WindowDataset(train_series, samples, cfg, seed=hash((cfg.train.seed, fold, epoch)) % (2**31))
 
     task = FoldTask(net=net, items_per_epoch=cfg.train.windows_per_epoch, epoch_dataset=epoch_dataset,
-                    forward=lambda model, inputs: model(*inputs),
                     validate=lambda trained: validate(trained, val_series, cfg, device=info.device))
     return fit_fold(cfg, fold, task, val_uids=[s.uid for s in val_series], checkpoint_dir=checkpoint_dir,
                     dist_info=info, progress=progress)
@@ -332,7 +329,7 @@ def fit_fold(cfg: TrainConfig, fold: int, task: FoldTask, *, val_uids: list[str]
             inputs = [t.to(device, non_blocking=True) for t in batch[:-1]]
             labels = batch[-1].to(device)
             with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
-                logits = task.forward(model, inputs)
+                logits = model(*inputs)
             loss = criterion(logits.float(), labels)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()

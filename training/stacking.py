@@ -100,11 +100,21 @@ def fit_aggregator(series: Sequence[SeriesWindows], *, l2: float = DEFAULT_L2, a
     """
     if not series:
         raise ValueError("fit_aggregator needs out-of-fold series")
+    return _fit(*_features_and_labels(series), l2=l2, anchor=anchor, pooled_locations=pooled_locations)
+
+
+def _features_and_labels(series: Sequence[SeriesWindows]) -> tuple[np.ndarray, np.ndarray]:
+    """(n, 14, F) `series_features` and (n, 14) labels of `series`."""
+    return (np.stack([series_features(s.windows, s.modality) for s in series]),
+            np.stack([s.labels for s in series]).astype(np.float64))
+
+
+def _fit(features: np.ndarray, labels: np.ndarray, *, l2: float, anchor: str | None,
+         pooled_locations: bool) -> LearnedAggregator:
+    """`fit_aggregator` on features already computed: (n, 14, F) and (n, 14) labels."""
     if anchor is not None and anchor not in FEATURE_NAMES:
         raise ValueError(f"anchor {anchor!r} is not one of the features {FEATURE_NAMES}")
     free = [FEATURE_NAMES.index(anchor)] if anchor is not None else []
-    features = np.stack([series_features(s.windows, s.modality) for s in series])  # (n, 14, F)
-    labels = np.stack([s.labels for s in series]).astype(np.float64)  # (n, 14)
     flat = features.reshape(-1, features.shape[-1])
     mean = flat.mean(axis=0)
     scale = np.maximum(flat.std(axis=0), _MIN_SCALE)
@@ -129,16 +139,17 @@ def fit_aggregator(series: Sequence[SeriesWindows], *, l2: float = DEFAULT_L2, a
 def cross_validated(series: Sequence[SeriesWindows], *, l2: float = DEFAULT_L2, anchor: str | None = "top3_mean",
                     pooled_locations: bool = True) -> np.ndarray:
     """(n, 14) learned answers for `series`, each from an aggregator fitted on the other folds' series only."""
+    if not series:
+        return np.zeros((0, len(LABELS)))
+    features, labels = _features_and_labels(series)  # once: each fold's fit takes its rows
+    fold_of = np.array([s.fold for s in series])
+    if len(set(fold_of)) < 2:  # one fold only: nothing to fit on without its own series
+        raise ValueError("cross-validation needs out-of-fold series from at least two folds")
     out = np.zeros((len(series), len(LABELS)))
-    folds = sorted({s.fold for s in series})
-    for fold in folds:
-        train = [s for s in series if s.fold != fold]
-        held = [i for i, s in enumerate(series) if s.fold == fold]
-        if not train:  # one fold only: nothing to fit on without its own series
-            raise ValueError("cross-validation needs out-of-fold series from at least two folds")
-        aggregator = fit_aggregator(train, l2=l2, anchor=anchor, pooled_locations=pooled_locations)
-        for i in held:
-            out[i] = aggregator(series[i].windows, series[i].modality)
+    for fold in np.unique(fold_of):
+        held = fold_of == fold
+        aggregator = _fit(features[~held], labels[~held], l2=l2, anchor=anchor, pooled_locations=pooled_locations)
+        out[held] = aggregator.from_features(features[held])
     return out
 
 

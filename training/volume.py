@@ -14,7 +14,7 @@ from tqdm import tqdm
 from evaluation.metric import score_predictions
 from inference.aggregate import enforce_present_rule
 from inference.labels import LABELS
-from inference.normalize import resample_depth
+from inference.normalize import volume_model_input
 
 from .augment import WindowAugment
 from .config import ModelConfig, TrainConfig
@@ -46,8 +46,8 @@ def build_volume_model(cfg: ModelConfig, *, depth: int) -> VolumeNet:
 
 
 def volume_input(pixels: np.ndarray, cfg: TrainConfig) -> np.ndarray:
-    """(D, S, S) float32 model input of a cached uint8 stack: the kernel's `resample_depth`, times the scale."""
-    return resample_depth(np.asarray(pixels), cfg.volume.depth).astype(np.float32) * np.float32(cfg.volume.scale)
+    """(D, S, S) float32 model input of a cached uint8 stack: the kernel's `volume_model_input`."""
+    return volume_model_input(pixels, cfg.volume)
 
 
 class VolumeDataset(Dataset):
@@ -106,7 +106,6 @@ def train_volume_fold(cfg: TrainConfig, fold: int, train_series: list[CachedSeri
         return VolumeDataset(train_series, order, cfg, seed=hash((cfg.train.seed, fold, epoch)) % (2**31))
 
     task = FoldTask(net=net, items_per_epoch=items, epoch_dataset=epoch_dataset,
-                    forward=lambda model, inputs: model(*inputs),
                     validate=lambda trained: validate_volumes(trained, val_series, cfg, device=info.device))
     return fit_fold(cfg, fold, task, val_uids=[s.uid for s in val_series], checkpoint_dir=checkpoint_dir,
                     dist_info=info, progress=progress)
