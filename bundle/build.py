@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import shutil
 import tempfile
 import time
@@ -19,6 +20,8 @@ from .modules import PACKAGE, runtime_modules, vendor_packages
 from .notebook import kernel_cells, notebook_json, py_twin
 from .options import BUNDLE_MARKER, REPO, BuildError, BuildOptions, check_options
 from .wheels import collect_wheels, wheel_name_version
+
+log = logging.getLogger(__name__)
 
 __all__ = ["BuildResult", "build", "print_sizes"]
 
@@ -130,6 +133,11 @@ def build(options: BuildOptions) -> BuildResult:
         blend = Blend.read(weights)
     except ManifestError as exc:
         raise BuildError(f"weights check failed: {exc}") from exc
+    bundled_blend = blend.weighted() if blend is not None else None  # the kernel never loads a zero-weight member
+    if bundled_blend is not blend:
+        log.warning("build: blend members %s have zero weight and are not bundled",
+                    bundled_blend.provenance["left_out_members"])
+        blend = bundled_blend
     # one model, or each member of a blend (its folder under the weights folder)
     parts = [""] if blend is None else [m.folder for m in blend.members]
     members, opsets = [], {}

@@ -41,7 +41,16 @@ class Blend:
 
     def weighted_members(self) -> tuple[BlendMember, ...]:
         """The members with a weight above zero for some label (the others need not run)."""
-        return tuple(m for m, column in zip(self.members, self.weights.T) if (column > 0).any())
+        return self.weighted().members
+
+    def weighted(self) -> Blend:
+        """This blend without its zero-weight members (and their weight columns): what a bundle needs to hold."""
+        keep = [i for i, column in enumerate(self.weights.T) if (column > 0).any()]
+        if len(keep) == len(self.members):
+            return self
+        left_out = [m.name for i, m in enumerate(self.members) if i not in keep]
+        return Blend(members=tuple(self.members[i] for i in keep), weights=self.weights[:, keep],
+                     provenance={**self.provenance, "left_out_members": left_out})
 
     def combine(self, answers: Mapping[str, np.ndarray]) -> np.ndarray:
         """(14,) blended probabilities of the members' (14,) answers, by member name.

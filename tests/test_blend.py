@@ -232,6 +232,16 @@ def test_a_blend_that_does_not_beat_its_best_member_out_of_fold_answers_with_tha
     alone = Predictor(members["window25d"], providers=["CPUExecutionProvider"]).predict_probabilities(series)
     np.testing.assert_allclose(probs, alone, atol=1e-9)
     assert report.answer == "model" and set(report.members_s) == {"window25d"}
+    from bundle import BuildOptions, build
+
+    with caplog.at_level("WARNING", logger="bundle.build"):
+        result = build(BuildOptions(weights=out, out=tmp_path / "dist"))
+    weights = result.dataset_dir / "weights"
+    bundled = Blend.read(weights)
+    assert [m.name for m in bundled.members] == ["window25d"] and not (weights / "twin").exists()
+    assert bundled.provenance["left_out_members"] == ["twin"] and "['twin'] have zero weight" in caplog.text
+    np.testing.assert_allclose(Predictor(weights, providers=["CPUExecutionProvider"]).predict_probabilities(series),
+                               alone, atol=1e-9)
     forced = blend_members({"window25d": members["window25d"], "twin": twin}, members["data"], tmp_path / "forced",
                            force=True, progress=False)
     assert forced["used"] == "blend"

@@ -7,7 +7,7 @@ Each member is a weights folder written by train_minimal.py on the same data wit
 number of folds: the fold assignments in their provenance must agree). Every series held out by a fold that
 every member trained is answered by each member's model of that fold (the kernel's Predictor); the blend weights
 are the points of a simplex grid with the highest out-of-fold AUC: one for Present, one shared by the 13
-locations (--per-label: one per label). The report also scores the blend fold-wise cross-validated (weights
+locations (--per-label: one per label). The report also scores the blend cross-validated (weights
 fitted on the other folds' series), next to each member.
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from evaluation.metric import MetricError, roc_auc, score_predictions
+from evaluation.metric import MetricError, roc_auc, score_fold_wise
 from inference.blend import Blend, BlendMember
 from inference.errors import ConfigError, KitError
 from inference.labels import LABELS, LOCATION_INDICES, PRESENT_INDEX
@@ -117,9 +117,9 @@ def blend_members(members: dict[str, Path], data_dir: str | Path, out: str | Pat
                   progress: bool = True) -> dict[str, Any]:
     """Fit the blend of `members` (name -> weights folder) on their out-of-fold answers and write the bundle.
 
-    The blend is kept only when its fold-wise cross-validated score beats the best member's out-of-fold score by
-    more than `min_gain` (or with `force`); otherwise every label's weight goes to that member, and the kernel runs
-    it alone.
+    The blend is kept only when its cross-validated score beats the best member's out-of-fold score by more than
+    `min_gain` (or with `force`), both scored fold by fold (`evaluation.metric.score_fold_wise`); otherwise every
+    label's weight goes to that member, and the kernel runs it alone.
 
     Writes `out/<name>/` (a copy of each member's folder) and `out/bundle.json`.
 
@@ -164,8 +164,10 @@ def blend_members(members: dict[str, Path], data_dir: str | Path, out: str | Pat
         blend = Blend(members=tuple(BlendMember(n, n) for n in members), weights=weights)
         cross[held] = [blend.combine(dict(zip(members, answers[:, i]))) for i in np.flatnonzero(held)]  # as served
     weights = fit_blend_weights(answers, truth, step=step, per_label=per_label)
-    scores = {name: score_predictions(truth, answers[m]) for m, name in enumerate(members)}
-    blend_cv = score_predictions(truth, cross)
+    # scored fold by fold, as the learned aggregator is: each fold's answers come from its own models (and here
+    # its own weights), on scales the kernel never compares, since it averages every fold for every series
+    scores = {name: score_fold_wise(truth, answers[m], fold_of) for m, name in enumerate(members)}
+    blend_cv = score_fold_wise(truth, cross, fold_of)
     best = max(members, key=lambda name: -np.inf if scores[name]["score"] is None else scores[name]["score"])
     if not force and (blend_cv["score"] is None or scores[best]["score"] is None
                       or blend_cv["score"] <= scores[best]["score"] + min_gain):
