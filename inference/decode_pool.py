@@ -19,7 +19,8 @@ that run them and the shared-memory block their frames come back through:
   and forkserver, a worker never imports the caller's `__main__` script (which would re-run a script without an
   `if __name__ == "__main__":` guard inside every worker).
 - decoded frames travel back through one shared-memory block (pickling a 512x512 slice back cost as much as a
-  JPEG-LS decode); the block is reused across series and released after an unusually large one.
+  JPEG-LS decode); the block is reused across series and released after an unusually large one (or after a
+  worker was stopped mid-file). Releasing only unlinks it: the parent's mapping goes with its last numpy view.
 
 Example:
     >>> with DecodePool() as pool:
