@@ -2,7 +2,8 @@
 
 Native decoders (CharLS, OpenJPEG, GDCM, libjpeg, RLE) parse untrusted bytes and can crash the interpreter
 (SIGSEGV, SIGABRT), loop forever or grow memory until the OOM killer comes. `DecodePool` owns the worker processes
-that run them and the shared-memory block their frames come back through:
+that run them (what runs inside them: `inference.decode_worker`) and the shared-memory block their frames come
+back through:
 
 - a task holds up to `files_per_task` files; each file has its own timeout, growing with its size. The worker
   records in a small table at the head of the shared block when it starts and finishes each file, so the parent
@@ -34,9 +35,7 @@ import atexit
 import logging
 import mmap
 import os
-import resource
 import shutil
-import signal
 import threading
 import time
 import weakref
@@ -50,8 +49,21 @@ from pathlib import Path
 import numpy as np
 from pydicom import uid
 
-from .dicom_io import DEFAULT_BACKENDS, DicomFileError, read_dicom
-from .dicom_pixels import prefer_plugins
+from .decode_worker import (
+    ALIGN,
+    FINISHED,
+    IN_SLOT,
+    REVOKED,
+    SHM_ROOT,
+    STARTED,
+    WHERE,
+    ProgressTable,
+    Slot,
+    decode_files,
+    init_worker,
+    ready,
+)
+from .dicom_io import DEFAULT_BACKENDS
 from .memory import total_memory
 
 __all__ = ["DecodeLimits", "DecodeJob", "DecodeResult", "DecodeBatch", "DecodePool", "shared_pool",
@@ -59,15 +71,10 @@ __all__ = ["DecodeLimits", "DecodeJob", "DecodeResult", "DecodeBatch", "DecodePo
 
 LOGGER = logging.getLogger(__name__)
 
-_SHM_ROOT = Path("/dev/shm")  # where POSIX shared memory lives on Linux (a small tmpfs in some containers)
 _SHM_HEADROOM = 1.25
-_ALIGN = 64
 _WATCH_S = 0.2  # how often the parent looks for a file that overran its timeout (and for files newly started)
 _BACKSTOP_S = 5.0  # pebble's own task timeout: the sum of the files' timeouts plus this (when the table is silent)
 _MIN_WORKER_MB = 1024  # a worker's address space is never capped below this by `memory_share` (decoders need ~250)
-# the progress table: one row per job of the batch, float64 [started, finished, where]; 0 = not yet
-_STARTED, _FINISHED, _WHERE = 0, 1, 2
-_IN_SLOT, _RETURNED, _REVOKED = 1.0, 2.0, -1.0  # where: frames in the job's slot / in the task's result / not to do
 # GDCM, pydicom's first JPEG 2000 plugin, decodes on about two threads (19.6 ms wall, 33 ms CPU per 512x512 slice
 # here): two such workers oversubscribe two cores. pylibjpeg-openjpeg uses one thread (29.8 ms), so workers
 # finish sooner on it. The other plugins stay as fallbacks inside the worker.
@@ -210,7 +217,7 @@ class _SharedBlock:
     def __init__(self, nbytes: int) -> None:
         shm = shared_memory.SharedMemory(create=True, size=max(1, nbytes))
         try:
-            fd = os.open(_SHM_ROOT / shm.name, os.O_RDWR)
+            fd = os.open(SHM_ROOT / shm.name, os.O_RDWR)
             try:
                 self.buf = mmap.mmap(fd, 0)
             finally:
@@ -230,118 +237,6 @@ class _SharedBlock:
             pass
 
 
-@dataclass(frozen=True)
-class _Slot:
-    """Where a worker writes a decoded file: bytes [offset, offset + nbytes) of the shared file `name`."""
-
-    name: str
-    offset: int
-    shape: tuple[int, int, int]
-    dtype: str
-
-
-@dataclass(frozen=True)
-class _Table:
-    """The batch's progress table: `rows` x 3 float64 at the start of the shared file `name` (see _STARTED)."""
-
-    name: str
-    rows: int
-
-    @staticmethod
-    def nbytes(rows: int) -> int:
-        return -(-rows * 3 * 8 // _ALIGN) * _ALIGN
-
-    def view(self, buffer) -> np.ndarray:
-        return np.ndarray((self.rows, 3), dtype=np.float64, buffer=buffer, offset=0)
-
-
-# ------------------------------------------------------------------------------------------------ worker side
-
-_WORKER_MAPS: dict[str, mmap.mmap] = {}  # per worker process: the parent's block, mapped once
-
-
-def _init_worker(memory_mb: int, plugins: dict[str, str]) -> None:
-    """Worker initializer: cap the address space, prefer the single-threaded plugins, die at once on SIGTERM.
-
-    pebble stops a worker with SIGTERM and waits 3 s before SIGKILL; its Python handler never runs while a
-    decoder loops in native code, so each hung file cost 3 s more. The default action ends the worker at once.
-    """
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    if memory_mb > 0:
-        limit = memory_mb * 1024 * 1024
-        soft, hard = resource.getrlimit(resource.RLIMIT_AS)
-        if hard != resource.RLIM_INFINITY:
-            limit = min(limit, hard)
-        resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
-    prefer_plugins(plugins)
-
-
-def _worker_map(name: str) -> mmap.mmap:
-    # A plain mapping of the file under /dev/shm: attaching with SharedMemory(name) would register the segment
-    # with a resource tracker of the worker's own, which unlinks it when the worker exits (Python < 3.13).
-    # Mapped once and kept: on these VMs a page fault costs about 4 us, 0.5 ms per 512x512 slice written into
-    # freshly mapped memory.
-    mapping = _WORKER_MAPS.get(name)
-    if mapping is None:
-        for old in _WORKER_MAPS.values():
-            old.close()
-        _WORKER_MAPS.clear()
-        fd = os.open(_SHM_ROOT / name, os.O_RDWR)
-        try:
-            mapping = mmap.mmap(fd, 0)
-        finally:
-            os.close(fd)
-        _WORKER_MAPS[name] = mapping
-    return mapping
-
-
-def _decode_file(path: str, backends: tuple[str, ...], slot: _Slot | None) -> np.ndarray | None:
-    """Worker: decode every frame of one file; into the slot when it fits (returns None), else return the array.
-
-    Raises:
-        DicomFileError: the file cannot be decoded (its reason travels back to the parent).
-    """
-    pixels = read_dicom(path, backends=backends).pixels
-    if slot is None or pixels.shape != slot.shape or pixels.dtype != np.dtype(slot.dtype):
-        return np.ascontiguousarray(pixels)
-    mapping = _worker_map(slot.name)
-    np.ndarray(slot.shape, dtype=slot.dtype, buffer=mapping, offset=slot.offset)[...] = pixels
-    return None
-
-
-def _decode_files(paths: Sequence[str], backends: tuple[str, ...], slots: Sequence[_Slot | None],
-                  table: _Table | None = None, rows: Sequence[int] = ()) -> list[tuple[np.ndarray | None, str]]:
-    """Worker: `_decode_file` on each file; a file's own error (not a crash) is its result: (None, reason).
-
-    With a progress table, each file's row (`rows`) gets its start and finish times (time.monotonic, the same
-    clock in every process) and where its frames are; a row the parent revoked is skipped.
-    """
-    progress = table.view(_worker_map(table.name)) if table is not None else None
-    out: list[tuple[np.ndarray | None, str]] = []
-    for k, (path, slot) in enumerate(zip(paths, slots)):
-        row = rows[k] if progress is not None else -1
-        if row >= 0:
-            if progress[row, _WHERE] == _REVOKED:
-                out.append((None, f"{Path(path).name}: revoked"))
-                continue
-            progress[row, _STARTED] = time.monotonic()
-        try:
-            result: tuple[np.ndarray | None, str] = (_decode_file(path, backends, slot), "")
-        except DicomFileError as exc:
-            result = (None, str(exc))
-        except Exception as exc:  # noqa: BLE001 - MemoryError and any other Python failure: this file only
-            result = (None, f"{Path(path).name}: {type(exc).__name__}: {exc}")
-        if row >= 0:
-            progress[row, _WHERE] = _IN_SLOT if result[0] is None and not result[1] else _RETURNED
-            progress[row, _FINISHED] = time.monotonic()
-        out.append(result)
-    return out
-
-
-def _ready() -> int:
-    return os.getpid()
-
-
 # ------------------------------------------------------------------------------------------------ parent side
 
 
@@ -355,8 +250,8 @@ class DecodeBatch:
         self._pool, self._jobs, self._deadline = pool, list(jobs), deadline
         self._block: _SharedBlock | None = None
         self._futures: dict[Future, list[int]] = {}
-        self._slots: list[_Slot | None] = []
-        self._table: _Table | None = None
+        self._slots: list[Slot | None] = []
+        self._table: ProgressTable | None = None
         self._progress: np.ndarray | None = None  # the table, seen from here
         self._timeouts = [pool.limits.file_timeout(job.path) for job in self._jobs]
         self._overran: dict[Future, int] = {}  # tasks this side stopped: the job that overran its timeout
@@ -390,20 +285,20 @@ class DecodeBatch:
         return running
 
     def _start(self) -> None:
-        head = _Table.nbytes(len(self._jobs))
+        head = ProgressTable.nbytes(len(self._jobs))
         offsets, total = [], head
         for job in self._jobs:
             offsets.append(total)
-            total += -(-job.nbytes // _ALIGN) * _ALIGN
+            total += -(-job.nbytes // ALIGN) * ALIGN
         self._block = self._pool._block_for(total) if self._jobs else None
         if self._block is not None:
-            self._table = _Table(self._block.name, len(self._jobs))
+            self._table = ProgressTable(self._block.name, len(self._jobs))
             self._progress = self._table.view(self._block.buf)
             self._progress[...] = 0.0
         for job, offset in zip(self._jobs, offsets):
             slot = None
             if self._block is not None and job.nbytes > 0:
-                slot = _Slot(self._block.name, offset, (job.frames, job.rows, job.cols), job.dtype)
+                slot = Slot(self._block.name, offset, (job.frames, job.rows, job.cols), job.dtype)
             self._slots.append(slot)
         limits = self._pool.limits
         # enough tasks for every worker, each at most files_per_task files (in the given order); one file per
@@ -420,7 +315,7 @@ class DecodeBatch:
         jobs = [self._jobs[i] for i in indices]
         timeout = sum(self._timeouts[i] for i in indices)
         future = self._pool._executor().schedule(
-            _decode_files, args=([job.path for job in jobs], self._pool.backends, [self._slots[i] for i in indices],
+            decode_files, args=([job.path for job in jobs], self._pool.backends, [self._slots[i] for i in indices],
                                  self._table, indices),
             timeout=timeout if self._table is None else timeout + _BACKSTOP_S)
         self._futures[future] = indices
@@ -453,7 +348,7 @@ class DecodeBatch:
         wake = _WATCH_S
         for future in pending:
             for index in self._futures[future]:
-                started, finished = self._progress[index, _STARTED], self._progress[index, _FINISHED]
+                started, finished = self._progress[index, STARTED], self._progress[index, FINISHED]
                 if started == 0 or finished != 0:
                     continue
                 left = started + self._timeouts[index] - now
@@ -470,8 +365,8 @@ class DecodeBatch:
         if self._progress is None:
             return
         for index in indices:
-            if self._progress[index, _STARTED] == 0:
-                self._progress[index, _WHERE] = _REVOKED
+            if self._progress[index, STARTED] == 0:
+                self._progress[index, WHERE] = REVOKED
 
     def _finish(self, future: Future, retried: list[Future]) -> Iterator[tuple[int, DecodeResult]]:
         """The results of one finished task. A failed task costs its culprit only: the file it overran or died on.
@@ -498,7 +393,7 @@ class DecodeBatch:
             if index == culprit:
                 continue
             row = self._row(index)
-            if row is not None and row[_FINISHED] != 0 and row[_WHERE] == _IN_SLOT:
+            if row is not None and row[FINISHED] != 0 and row[WHERE] == IN_SLOT:
                 yield index, self._result(index, None, "")
             else:
                 retried.append(self._schedule([index]))
@@ -509,7 +404,7 @@ class DecodeBatch:
             return self._overran[future]
         for index in indices:
             row = self._row(index)
-            if row is not None and row[_STARTED] != 0 and row[_FINISHED] == 0:
+            if row is not None and row[STARTED] != 0 and row[FINISHED] == 0:
                 return index
         return None
 
@@ -519,7 +414,7 @@ class DecodeBatch:
             self._stopped_running |= self._stop([future])
             for index in self._futures[future]:
                 row = self._row(index)
-                if row is not None and row[_FINISHED] != 0 and row[_WHERE] == _IN_SLOT:
+                if row is not None and row[FINISHED] != 0 and row[WHERE] == IN_SLOT:
                     yield index, self._result(index, None, "")
                 else:
                     yield index, DecodeResult(self._jobs[index].path, error=(
@@ -584,7 +479,7 @@ class DecodePool:
 
     def _executor(self):
         if self._pool is None:
-            self._pool = isolated_processes(self.limits.worker_count, initializer=_init_worker,
+            self._pool = isolated_processes(self.limits.worker_count, initializer=init_worker,
                                             initargs=(self.limits.worker_memory_mb, _WORKER_PLUGINS))
         return self._pool
 
@@ -596,7 +491,7 @@ class DecodePool:
         """
         with self._batch_lock:
             executor = self._executor()
-            futures = [executor.schedule(_ready, timeout=120) for _ in range(self.limits.worker_count)]
+            futures = [executor.schedule(ready, timeout=120) for _ in range(self.limits.worker_count)]
         if wait_s is not None:
             wait(futures, timeout=wait_s)
         return self
@@ -619,7 +514,7 @@ class DecodePool:
         # POSIX shared memory is only reserved when written: a block larger than the tmpfs kills the worker with
         # SIGBUS halfway through. Ask first.
         try:
-            fits = _SHM_ROOT.is_dir() and shutil.disk_usage(_SHM_ROOT).free >= nbytes * _SHM_HEADROOM
+            fits = SHM_ROOT.is_dir() and shutil.disk_usage(SHM_ROOT).free >= nbytes * _SHM_HEADROOM
         except OSError:
             fits = False
         if not fits:
