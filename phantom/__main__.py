@@ -42,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--blob-contrast", type=float,
                    help=f"blob vs vessel intensity: 1.0 = as bright as vessels (harder; default {_D.blob_contrast})")
     p.add_argument("--blob-radius", type=float, nargs=2, metavar=("MIN", "MAX"),
-                   help=f"aneurysm radius range in mm (default {_D.blob_radius}; competition (1, 5))")
+                   help=f"aneurysm radius range in mm (default {_D.blob_radius}; competition: (1, 5), the clip "
+                        "range of its log-normal diameters)")
     p.add_argument("--positive-fraction", type=float, help=f"default {_D.positive_fraction}; competition 0.43")
     p.add_argument("--modalities", nargs="+", choices=[m for m, _ in _D.modality_weights],
                    help="only these modalities (equal weights); default mix 40/30/20/10")
