@@ -2,7 +2,8 @@
 
 Reads what the bundled kernel left in its working folder (submission.parquet and the kit's gateway_run.json),
 prints the competition score (overall, per label, per modality) and the timing projection onto the hidden test
-set, and writes gateway_summary.json (and a PNG with --report).
+set, and writes gateway_summary.json (and a PNG with --report). The projection says plainly when the series were
+smaller than the competition's (about 250 slices of 512 px a series; `--series-dir` reads their image size).
 """
 from __future__ import annotations
 
@@ -31,8 +32,25 @@ log = logging.getLogger("evaluation")
 SUMMARY_NAME = "gateway_summary.json"
 
 
+def series_pixels(series_dir: str | Path, uids: Sequence[str]) -> list[int]:
+    """Each series' larger image side (Rows, Columns of its first readable file's header); unreadable ones left out."""
+    import pydicom
+
+    out = []
+    for uid in uids:
+        for path in sorted((Path(series_dir) / uid).glob("*.dcm"))[:3]:
+            try:
+                ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["Rows", "Columns"])
+                out.append(int(max(ds.Rows, ds.Columns)))
+                break
+            except Exception:  # noqa: BLE001 - a header that cannot be read: try the next file
+                continue
+    return out
+
+
 def summarize_run(run_record: str | Path, *, labels_csv: str | Path | None = None,
-                  projected_series: int = HIDDEN_TEST_SERIES, report_png: str | Path | None = None) -> dict[str, Any]:
+                  projected_series: int = HIDDEN_TEST_SERIES, report_png: str | Path | None = None,
+                  series_dir: str | Path | None = None) -> dict[str, Any]:
     """Timing (and, with labels, the score) of one kernel run, as a JSON-ready dict.
 
     Args:
@@ -40,6 +58,7 @@ def summarize_run(run_record: str | Path, *, labels_csv: str | Path | None = Non
         labels_csv: train.csv-style labels of the test series.
         projected_series: series count of the timing projection.
         report_png: also write the PNG report there.
+        series_dir: the test series folder: their image size goes into the scale check of the projection.
     """
     record = json.loads(Path(run_record).read_text())
     order = record["order"]
@@ -47,7 +66,9 @@ def summarize_run(run_record: str | Path, *, labels_csv: str | Path | None = Non
     durations = [record["durations_s"][uid] for uid in order]
     slices = [int(series.get(uid, {}).get("slices") or record["files"].get(uid, 0)) for uid in order]
     startup = record["first_answer_at"] - record.get("process_started_at", record["gateway_started_at"])
-    timing = summarize_timing(durations, slices, startup_s=startup, projected_series=projected_series)
+    pixels = series_pixels(series_dir, order) if series_dir is not None else None
+    timing = summarize_timing(durations, slices, startup_s=startup, projected_series=projected_series,
+                              pixels=pixels)
     answers = dict(Counter(report["answer"] for report in series.values()))
     degraded = dict(Counter(report.get("degraded", "full") for report in series.values()))
     out: dict[str, Any] = {"timing": asdict(timing), "answers": answers, "degraded": degraded,
@@ -116,13 +137,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--projected-series", type=int, default=HIDDEN_TEST_SERIES,
                         help=f"series count of the timing projection (default {HIDDEN_TEST_SERIES})")
     parser.add_argument("--report", type=Path, default=None, help="write a PNG (ROC per label, time histogram)")
+    parser.add_argument("--series-dir", type=Path, default=None,
+                        help="the test series/ folder: read each series' image size for the scale check")
     parser.add_argument("--summary", type=Path, default=None,
                         help=f"where the JSON summary goes (default: {SUMMARY_NAME} beside the run record)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         summary = summarize_run(args.run, labels_csv=args.labels, projected_series=args.projected_series,
-                                report_png=args.report)
+                                report_png=args.report, series_dir=args.series_dir)
     except (OSError, KeyError, ValueError, SubmissionError) as exc:
         log.error("cannot summarize %s: %s", args.run, exc)
         return 1

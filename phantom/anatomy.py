@@ -13,7 +13,11 @@ __all__ = [
     "Point",
     "Vessel",
     "Aneurysm",
+    "Neck",
     "Anatomy",
+    "VESSEL_MASK_LABELS",
+    "vessel_label_segments",
+    "aneurysm_diameter",
     "TEMPLATE_SITES",
     "random_anatomy",
     "template_anatomy",
@@ -81,6 +85,38 @@ _SITE_KEYS: dict[str, str] = {
 }
 
 
+# The neck (competition-scale phantom only): the carotids and vertebrals run on down to the bottom of any slab.
+_NECK_POINTS: dict[str, Point] = {
+    "cca_bif": (22.0, 8.0, -80.0),
+    "cca_low": (26.0, 6.0, -240.0),
+    "vert_c2": (15.0, 30.0, -85.0),
+    "vert_base": (17.0, 30.0, -240.0),
+}
+_NECK_VESSELS: tuple[tuple[str, tuple[str, ...], float], ...] = (
+    ("ICA neck", ("cca_low", "cca_bif", "ica_neck"), 2.8),
+    ("Vertebral neck", ("vert_base", "vert_c2", "vert_low"), 1.7),
+)
+_ICA_INFRACLINOID_SEGMENTS = 2  # ica_neck -> ica_infra -> ica_clinoid; the rest of the ICA chain is supraclinoid
+
+# The competition's vessel label map (segmentations/<uid>/<uid>_cowseg.nii), as the 1st-place solution reads it
+# (gunachalla/Intercranial-Aneurysm-Detection, src/nnUnet_utils/create_nnunet_dataset.py, dataset 1): 0 background.
+VESSEL_MASK_LABELS: dict[str, int] = {
+    "Other Posterior Circulation": 1,
+    "Basilar Tip": 2,
+    "Right Posterior Communicating Artery": 3,
+    "Left Posterior Communicating Artery": 4,
+    "Right Infraclinoid Internal Carotid Artery": 5,
+    "Left Infraclinoid Internal Carotid Artery": 6,
+    "Right Supraclinoid Internal Carotid Artery": 7,
+    "Left Supraclinoid Internal Carotid Artery": 8,
+    "Right Middle Cerebral Artery": 9,
+    "Left Middle Cerebral Artery": 10,
+    "Right Anterior Cerebral Artery": 11,
+    "Left Anterior Cerebral Artery": 12,
+    "Anterior Communicating Artery": 13,
+}
+
+
 def _template_points() -> dict[str, Point]:
     points: dict[str, Point] = {}
     for key, (x, y, z) in _LEFT_POINTS.items():
@@ -116,6 +152,25 @@ class Aneurysm:
 
 
 @dataclass(frozen=True)
+class Neck:
+    """What a neck-to-vertex series holds below the brain: soft tissue, the skull base and the cervical spine.
+
+    Attributes:
+        centre_xy, semi_xy: the neck, an elliptic cylinder (mm) below `top_z`.
+        top_z: where the neck cylinder ends (it merges into the head above).
+        brain_floor_z: below this the head holds soft tissue, not brain (the posterior fossa's floor).
+        bones: (centre, semi-axes) ellipsoids drawn as bone: skull base (petrous ridges, clivus, occipital floor)
+            and the cervical vertebrae (bodies and the transverse processes the vertebral arteries pass through).
+    """
+
+    centre_xy: tuple[float, float]
+    semi_xy: tuple[float, float]
+    top_z: float
+    brain_floor_z: float
+    bones: tuple[tuple[Point, Point], ...]
+
+
+@dataclass(frozen=True)
 class Anatomy:
     """Everything the renderer needs: head ellipsoid, vessel tubes, location sites, aneurysms.
 
@@ -138,6 +193,7 @@ class Anatomy:
     skull_mm: float = 6.0
     ventricles: tuple[tuple[Point, Point], ...] = field(default=())  # (centre, semi-axes)
     texture_phase: Point = (0.0, 0.0, 0.0)
+    neck: Neck | None = None  # competition scale: neck, skull base, cervical spine (None: the head alone)
 
     def site(self, location: str) -> Point:
         """Centreline point of a location (KeyError for an unknown name)."""
@@ -167,7 +223,7 @@ class Anatomy:
 
 
 def _build(points: dict[str, Point], aneurysms: tuple[Aneurysm, ...], *, head_centre: Point,
-           head_semi_axes: Point, texture_phase: Point) -> Anatomy:
+           head_semi_axes: Point, texture_phase: Point, neck: Neck | None = None) -> Anatomy:
     vessels = []
     for name, keys, radius in _LATERAL_VESSELS:
         for side in ("L", "R"):
@@ -176,11 +232,90 @@ def _build(points: dict[str, Point], aneurysms: tuple[Aneurysm, ...], *, head_ce
         vessels.append(Vessel(name, tuple(points[f"M:{k}"] for k in keys), radius))
     acom = Vessel("AComm", (points["L:acom_end"], points["M:acom"], points["R:acom_end"]), 1.0)
     vessels.append(acom)
+    if neck is not None:
+        for name, keys, radius in _NECK_VESSELS:
+            for side in ("L", "R"):
+                vessels.append(Vessel(f"{side} {name}", tuple(points[f"{side}:{k}"] for k in keys), radius))
     sites = tuple((name, points[_SITE_KEYS[name]]) for name in LOCATION_LABELS)
     hx, hy, hz = head_centre
     ventricles = tuple(((side * 7.0 + hx, hy - 5.0, hz + 17.0), (5.0, 18.0, 7.0)) for side in (1.0, -1.0))
     return Anatomy(head_centre=head_centre, head_semi_axes=head_semi_axes, vessels=tuple(vessels), sites=sites,
-                   aneurysms=aneurysms, ventricles=ventricles, texture_phase=texture_phase)
+                   aneurysms=aneurysms, ventricles=ventricles, texture_phase=texture_phase, neck=neck)
+
+
+def _neck(scale: float, shift: np.ndarray, rng: np.random.Generator) -> Neck:
+    """The neck, skull base and cervical spine of a head of this scale and shift (template mm, then moved)."""
+    def move(p: Sequence[float]) -> Point:
+        q = np.asarray(p, dtype=float) * scale + shift
+        return (float(q[0]), float(q[1]), float(q[2]))
+
+    def size(s: Sequence[float]) -> Point:
+        return (float(s[0] * scale), float(s[1] * scale), float(s[2] * scale))
+
+    bones: list[tuple[Point, Point]] = [
+        (move((0.0, 10.0, -38.0)), size((9.0, 8.0, 15.0))),  # clivus, in front of the basilar artery
+        (move((0.0, 52.0, -56.0)), size((48.0, 30.0, 6.0))),  # occipital floor of the posterior fossa
+    ]
+    for side in (1.0, -1.0):  # petrous ridges and the middle fossa floor, around the infraclinoid carotid
+        bones.append((move((side * 30.0, 10.0, -34.0)), size((24.0, 13.0, 7.0))))
+        bones.append((move((side * 28.0, -12.0, -40.0)), size((20.0, 18.0, 5.0))))
+    height = float(rng.uniform(14.0, 17.0))  # a vertebra and its disc
+    z = -64.0
+    while z > -260.0:  # vertebral bodies, and transverse processes either side of the vertebral arteries
+        bones.append((move((0.0, 28.0, z)), size((9.0, 8.0, height * 0.38))))
+        bones.append((move((0.0, 30.0, z)), size((23.0, 4.5, height * 0.22))))
+        z -= height
+    return Neck(centre_xy=(float(shift[0]), float(10.0 * scale + shift[1])), semi_xy=(58.0 * scale, 55.0 * scale),
+                top_z=float(-40.0 * scale + shift[2]), brain_floor_z=float(-52.0 * scale + shift[2]),
+                bones=tuple(bones))
+
+
+def vessel_label_segments(anatomy: Anatomy) -> list[tuple[int, Point, Point, float]]:
+    """(mask label, segment start, segment end, radius) of every labelled vessel segment of `anatomy`.
+
+    The 13 labels of VESSEL_MASK_LABELS: the ICA's first two segments are infraclinoid, the rest supraclinoid;
+    vertebrals, PCAs and the lower basilar are 'Other Posterior Circulation', the upper basilar 'Basilar Tip'.
+    The neck vessels (below the template's ICA and vertebral starts) are not labelled, as in the real masks.
+    """
+    side_name = {"L": "Left", "R": "Right"}
+    out: list[tuple[int, Point, Point, float]] = []
+    for v in anatomy.vessels:
+        segments = list(zip(v.points[:-1], v.points[1:]))
+        parts = v.name.split(" ", 1)
+        if v.name == "AComm":
+            labels = [VESSEL_MASK_LABELS["Anterior Communicating Artery"]] * len(segments)
+        elif v.name == "Basilar":
+            labels = [VESSEL_MASK_LABELS["Other Posterior Circulation"]] + \
+                     [VESSEL_MASK_LABELS["Basilar Tip"]] * (len(segments) - 1)
+        elif len(parts) == 2 and parts[0] in side_name:
+            side, kind = side_name[parts[0]], parts[1]
+            if kind == "ICA":
+                labels = [VESSEL_MASK_LABELS[f"{side} Infraclinoid Internal Carotid Artery"]
+                          if i < _ICA_INFRACLINOID_SEGMENTS else
+                          VESSEL_MASK_LABELS[f"{side} Supraclinoid Internal Carotid Artery"]
+                          for i in range(len(segments))]
+            elif kind in ("MCA", "MCA_M2_inferior"):
+                labels = [VESSEL_MASK_LABELS[f"{side} Middle Cerebral Artery"]] * len(segments)
+            elif kind == "ACA":
+                labels = [VESSEL_MASK_LABELS[f"{side} Anterior Cerebral Artery"]] * len(segments)
+            elif kind == "PComm":
+                labels = [VESSEL_MASK_LABELS[f"{side} Posterior Communicating Artery"]] * len(segments)
+            elif kind in ("PCA", "Vertebral"):
+                labels = [VESSEL_MASK_LABELS["Other Posterior Circulation"]] * len(segments)
+            else:  # the neck's vessels
+                continue
+        else:
+            continue
+        out.extend((label, a, b, v.radius) for label, (a, b) in zip(labels, segments))
+    return out
+
+
+def aneurysm_diameter(rng: np.random.Generator, radius_range: tuple[float, float]) -> float:
+    """An aneurysm diameter (mm) as the competition's are distributed: log-normal, median 4.5 mm, most under 7 mm.
+
+    Clipped to 2 x radius_range (the competition preset: 2-10 mm across).
+    """
+    return float(np.clip(4.5 * np.exp(rng.normal(0.0, 0.4)), 2.0 * radius_range[0], 2.0 * radius_range[1]))
 
 
 def template_anatomy(*, aneurysms: Sequence[Aneurysm] = ()) -> Anatomy:
@@ -212,6 +347,8 @@ def random_anatomy(
     positive_fraction: float = 0.5,
     blob_radius: tuple[float, float] = (3.0, 6.0),
     jitter_mm: float = 1.5,
+    blob_size_law: str = "uniform",
+    neck: bool = False,
 ) -> Anatomy:
     """A randomly varied head: global shift/scale, per-point jitter, 0-3 aneurysms.
 
@@ -222,6 +359,10 @@ def random_anatomy(
         positive_fraction: probability of at least one aneurysm when positive_locations is None.
         blob_radius: (min, max) blob radius in mm.
         jitter_mm: standard deviation of the per-point displacement.
+        blob_size_law: 'uniform' (radius uniform in blob_radius) or 'competition' (aneurysm_diameter: log-normal
+            diameters, median 4.5 mm, clipped to 2 x blob_radius).
+        neck: also grow the neck (carotids and vertebrals down to z = -240 mm, skull base, cervical spine). Its
+            random draws come after every other draw, so the head itself does not change.
     Returns:
         An Anatomy.
     Raises:
@@ -229,6 +370,8 @@ def random_anatomy(
     """
     if not 0.0 < blob_radius[0] <= blob_radius[1]:
         raise ConfigError(f"blob_radius must be (min, max) with 0 < min <= max, got {blob_radius}")
+    if blob_size_law not in ("uniform", "competition"):
+        raise ConfigError(f"blob_size_law must be 'uniform' or 'competition', got {blob_size_law!r}")
     if positive_locations is None:
         if rng.random() < positive_fraction:
             count = int(rng.choice([1, 2, 3], p=[0.7, 0.2, 0.1]))
@@ -264,7 +407,10 @@ def random_anatomy(
         u = rng.normal(size=3)
         u -= direction * float(u @ direction)
         u /= np.linalg.norm(u) + 1e-9
-        radius = float(rng.uniform(*blob_radius))
+        if blob_size_law == "uniform":
+            radius = float(rng.uniform(*blob_radius))
+        else:
+            radius = aneurysm_diameter(rng, blob_radius) / 2.0
         centre = site + u * radius * 0.6  # bulges out of the vessel wall but stays attached
         aneurysms.append(Aneurysm(name, (float(centre[0]), float(centre[1]), float(centre[2])), radius))
     aneurysms.sort(key=lambda a: LOCATION_LABELS.index(a.location))
@@ -272,5 +418,13 @@ def random_anatomy(
     head_centre = tuple(float(v) for v in np.array([0.0, 5.0, 5.0]) * scale + shift)
     semi = tuple(float(v) for v in np.array([70.0, 88.0, 85.0]) * scale * rng.uniform(0.97, 1.03, size=3))
     phase = tuple(float(v) for v in rng.uniform(0.0, 2 * np.pi, size=3))
+    neck_anatomy = None
+    if neck:  # drawn last: the head above is the same with or without a neck
+        for key, p0 in _NECK_POINTS.items():
+            for side, sign in (("L", 1.0), ("R", -1.0)):
+                j = rng.normal(0.0, jitter_mm, size=3)
+                p = np.array([sign * p0[0], p0[1], p0[2]]) * scale + shift + j
+                points[f"{side}:{key}"] = (float(p[0]), float(p[1]), float(p[2]))
+        neck_anatomy = _neck(scale, shift, rng)
     return _build(points, tuple(aneurysms), head_centre=head_centre, head_semi_axes=semi,  # type: ignore[arg-type]
-                  texture_phase=phase)  # type: ignore[arg-type]
+                  texture_phase=phase, neck=neck_anatomy)  # type: ignore[arg-type]

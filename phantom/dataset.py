@@ -6,7 +6,7 @@ import logging
 import math
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -19,8 +19,10 @@ from inference.labels import ID_COLUMN, LABELS, LOCATION_LABELS
 
 from .acquisition import Acquisition
 from .anatomy import Anatomy, random_anatomy
-from .dicom_writer import LocalizerRow, write_series
+from .dicom_writer import LocalizerRow, physical_pixels, stored_pixels, write_series
+from .masks import SEGMENTATION_DIR, write_vessel_mask
 from .render import MODALITY_INTENSITIES
+from .scale import COMPETITION_GRIDS, ModalityGrid, competition_grid, downscale_grids
 from .spec import SeriesSpec, deterministic_uid
 
 __all__ = [
@@ -67,6 +69,11 @@ class PhantomConfig:
     non_square_fraction: float = 0.1  # rows != cols
     noise: float = 1.0  # multiplier of every modality's noise
     force_test_coverage: bool = True  # every location positive and negative at least once in the test split
+    # the competition-scale preset (PhantomConfig.competition()); the defaults above leave the phantom as it was
+    grids: tuple[ModalityGrid, ...] | None = None  # per-modality grids; replace slices/size/fov/coverage/spacing
+    blob_size_law: str = "uniform"  # 'uniform' radius in blob_radius, or 'competition' (log-normal diameters)
+    neck: bool = False  # grow the neck: carotids and vertebrals to the slab's bottom, skull base, cervical spine
+    mask_fraction: float = 0.0  # share of train series shipped with a vessel segmentation (segmentations/)
 
     def __post_init__(self) -> None:
         for name in ("slices", "size", "fov_mm", "slice_coverage_mm", "slice_spacing_mm", "blob_radius"):
@@ -83,6 +90,34 @@ class PhantomConfig:
             raise ConfigError(f"modality_weights need known modalities and a positive sum: {self.modality_weights}")
         if self.blob_contrast <= 0 or self.noise < 0:
             raise ConfigError(f"blob_contrast must be > 0 and noise >= 0, got {self.blob_contrast}, {self.noise}")
+        if self.blob_size_law not in ("uniform", "competition"):
+            raise ConfigError(f"blob_size_law must be 'uniform' or 'competition', got {self.blob_size_law!r}")
+        if self.grids is not None:
+            missing = [m for m, _ in self.modality_weights if m not in {g.modality for g in self.grids}]
+            if missing:
+                raise ConfigError(f"grids lack the modalities {missing}")
+
+    @classmethod
+    def competition(cls, downscale: int = 1, **changes) -> PhantomConfig:
+        """The competition-scale preset: the real data's grids per modality, neck to vertex, small aneurysms.
+
+        Args:
+            downscale: N times fewer pixels a side, the same millimetres and slices (for CPU training).
+            **changes: other fields (blob_contrast, modality_weights...).
+        """
+        options: dict[str, object] = dict(
+            grids=downscale_grids(COMPETITION_GRIDS, downscale), blob_radius=(1.0, 5.0), blob_size_law="competition",
+            neck=True, mask_fraction=0.04, positive_fraction=0.43, non_axial_fraction=0.0, non_square_fraction=0.0,
+            compressed_fraction=0.1)
+        options.update(changes)
+        return cls(**options)  # type: ignore[arg-type]
+
+    def grid(self, modality: str) -> ModalityGrid:
+        """This modality's competition-scale grid (ConfigError without grids or for an unknown modality)."""
+        for g in self.grids or ():
+            if g.modality == modality:
+                return g
+        raise ConfigError(f"no grid for modality {modality!r} in this PhantomConfig")
 
 
 @dataclass(frozen=True)
@@ -97,11 +132,18 @@ class DatasetSummary:
     test_positive: int
     modalities: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    masks: int = 0  # train series with a vessel segmentation (segmentations/<uid>/)
 
 
 def random_acquisition(rng: np.random.Generator, anatomy: Anatomy, modality: str,
                        config: PhantomConfig = PhantomConfig()) -> Acquisition:
-    """A random grid that holds every location site and blob of `anatomy`, plus random storage options."""
+    """A random grid that holds every location site and blob of `anatomy`, plus random storage options.
+
+    With `config.grids` (the competition-scale preset) the grid is that modality's (phantom.scale.competition_grid).
+    """
+    if config.grids is not None:
+        grid = config.grid(modality)
+        return replace(competition_grid(rng, anatomy, grid), **_storage_options(rng, modality, config))  # type: ignore[arg-type]
     plane = "axial"
     if rng.random() < config.non_axial_fraction:
         plane = "coronal" if rng.random() < 0.5 else "sagittal"
@@ -125,13 +167,19 @@ def random_acquisition(rng: np.random.Generator, anatomy: Anatomy, modality: str
     slack = max(slab - needed, 0.0) / 2.0
     centre[axis] = (low[axis] + high[axis]) / 2.0 + rng.uniform(-slack, slack)
 
+    return Acquisition(
+        plane=plane, rows=rows, cols=cols, num_slices=num_slices, pixel_spacing=(spacing, spacing),
+        slice_spacing=slice_spacing, centre=tuple(round(float(v), 2) for v in centre),  # type: ignore[arg-type]
+        **_storage_options(rng, modality, config))
+
+
+def _storage_options(rng: np.random.Generator, modality: str, config: PhantomConfig) -> dict[str, object]:
+    """The random storage options of one series (Acquisition fields), drawn in a fixed order."""
     compression = None
     if rng.random() < config.compressed_fraction:
         compression = ("jpeg2000", "jpegls", "rle")[int(rng.integers(3))]
     is_ct = modality == "CTA"
-    return Acquisition(
-        plane=plane, rows=rows, cols=cols, num_slices=num_slices, pixel_spacing=(spacing, spacing),
-        slice_spacing=slice_spacing, centre=tuple(round(float(v), 2) for v in centre),  # type: ignore[arg-type]
+    return dict(
         flip_rows=bool(rng.random() < config.flip_fraction), flip_cols=bool(rng.random() < config.flip_fraction),
         reverse_slices=bool(rng.random() < config.reverse_fraction),
         multiframe=bool(rng.random() < config.multiframe_fraction), compression=compression,
@@ -182,7 +230,8 @@ def draw_split(n: int, *, seed: int, split: str, config: PhantomConfig = Phantom
         rng = np.random.default_rng([seed, 1 if split == "test" else 0, index])
         modality = names[int(rng.choice(len(names), p=weights))]
         anatomy = random_anatomy(rng, positive_locations=None if forced is None else forced[index],
-                                 positive_fraction=config.positive_fraction, blob_radius=config.blob_radius)
+                                 positive_fraction=config.positive_fraction, blob_radius=config.blob_radius,
+                                 blob_size_law=config.blob_size_law, neck=config.neck)
         acquisition = random_acquisition(rng, anatomy, modality, config)
         t = MODALITY_INTENSITIES[modality]
         vessel = float(rng.uniform(250.0, 420.0)) if modality == "CTA" else t.vessel * float(rng.uniform(0.85, 1.15))
@@ -194,15 +243,27 @@ def draw_split(n: int, *, seed: int, split: str, config: PhantomConfig = Phantom
     return specs
 
 
-def _write_one(args: tuple[SeriesSpec, Path]) -> tuple[list[LocalizerRow], int]:
-    spec, folder = args
-    rows = write_series(spec, folder)
+def _write_one(args: tuple[SeriesSpec, Path, Path | None]) -> tuple[list[LocalizerRow], int]:
+    spec, folder, mask_root = args
+    storage = stored_pixels(spec)
+    rows = write_series(spec, folder, storage=storage)
+    if mask_root is not None:
+        write_vessel_mask(spec, mask_root, image=physical_pixels(storage))
     return rows, len(spec.sop_instance_uids())
 
 
+def _masked_series(n: int, *, seed: int, fraction: float) -> set[int]:
+    """Which train series ship a vessel segmentation: round(n x fraction) of them (at least one when > 0)."""
+    if fraction <= 0 or n == 0:
+        return set()
+    count = min(n, max(1, int(round(n * fraction))))
+    return {int(i) for i in np.random.default_rng([seed, 0, 555]).permutation(n)[:count]}
+
+
 def _write_split(specs: Sequence[SeriesSpec], series_dir: Path, desc: str, workers: int,
-                 progress: bool) -> tuple[list[tuple[str, LocalizerRow]], int]:
-    jobs = [(spec, series_dir / spec.series_uid) for spec in specs]
+                 progress: bool, *, mask_root: Path | None = None,
+                 masked: Collection[int] = ()) -> tuple[list[tuple[str, LocalizerRow]], int]:
+    jobs = [(spec, series_dir / spec.series_uid, mask_root if i in masked else None) for i, spec in enumerate(specs)]
     localizers: list[tuple[str, LocalizerRow]] = []
     files = 0
     if workers > 1:
@@ -241,7 +302,9 @@ def make_dataset(out_dir: str | Path, *, series: int = 60, test_series: int = 30
             test/test.csv, test/test_labels.csv, test/test_localizers.csv, test/series/<uid>/<sop>.dcm.
         series, test_series: number of train and test series.
         seed: everything (anatomy, acquisition, noise, UIDs) follows from it: same seed, same bytes.
-        config: a PhantomConfig; `**options` override its fields (e.g. size=(48, 64), blob_contrast=1.0).
+        config: a PhantomConfig (PhantomConfig.competition() for the competition's scale); `**options` override
+            its fields (e.g. size=(48, 64), blob_contrast=1.0). With mask_fraction > 0 that share of the train
+            series also gets segmentations/<uid>/<uid>.nii and <uid>_cowseg.nii (phantom.masks).
         overwrite: replace an existing dataset in out_dir (else ConfigError).
         workers: processes writing series in parallel (the output does not depend on it).
         progress: show tqdm bars.
@@ -258,7 +321,8 @@ def make_dataset(out_dir: str | Path, *, series: int = 60, test_series: int = 30
     if series < 0 or test_series < 0:
         raise ConfigError(f"series counts must be >= 0, got {series}, {test_series}")
     root = Path(out_dir)
-    outputs = [root / "train.csv", root / "train_localizers.csv", root / "series", root / "test"]
+    outputs = [root / "train.csv", root / "train_localizers.csv", root / "series", root / "test",
+               root / SEGMENTATION_DIR]
     if any(p.exists() for p in outputs):
         if not overwrite:
             raise ConfigError(f"{root} already holds a dataset; pass overwrite=True (--overwrite) to replace it")
@@ -273,7 +337,9 @@ def make_dataset(out_dir: str | Path, *, series: int = 60, test_series: int = 30
     train = draw_split(series, seed=seed, split="train", config=config)
     test = draw_split(test_series, seed=seed, split="test", config=config,
                       force_coverage=config.force_test_coverage)
-    train_loc, train_files = _write_split(train, root / "series", "train", workers, progress)
+    masked = _masked_series(len(train), seed=seed, fraction=config.mask_fraction)
+    train_loc, train_files = _write_split(train, root / "series", "train", workers, progress, mask_root=root,
+                                          masked=masked)
     test_loc, test_files = _write_split(test, root / "test" / "series", "test", workers, progress)
 
     _write_csv(root / "train.csv", TRAIN_COLUMNS, _label_rows(train))
@@ -288,7 +354,7 @@ def make_dataset(out_dir: str | Path, *, series: int = 60, test_series: int = 30
     summary = DatasetSummary(
         root=root, train_series=len(train), test_series=len(test), files=train_files + test_files,
         train_positive=sum(int(s.labels[-1]) for s in train), test_positive=sum(int(s.labels[-1]) for s in test),
-        modalities=modalities, seconds=time.perf_counter() - started)
+        modalities=modalities, seconds=time.perf_counter() - started, masks=len(masked))
     logger.info("wrote %d train + %d test series (%d files) to %s in %.1f s", summary.train_series,
                 summary.test_series, summary.files, root, summary.seconds)
     return summary

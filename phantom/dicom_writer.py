@@ -20,7 +20,7 @@ from pydicom.uid import (
 from .render import render_volume
 from .spec import SeriesSpec
 
-__all__ = ["LocalizerRow", "STRIPPED_KEYWORDS", "stored_pixels", "write_series", "localizer_rows"]
+__all__ = ["LocalizerRow", "STRIPPED_KEYWORDS", "stored_pixels", "physical_pixels", "write_series", "localizer_rows"]
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +92,16 @@ def stored_pixels(spec: SeriesSpec) -> _Storage:
         photometric = "MONOCHROME1"
     slope = None if acq.rescale_slope == 1.0 else acq.rescale_slope
     return _Storage(stored, _MR_BITS, False, slope, 0.0, "US", photometric)
+
+
+def physical_pixels(storage: _Storage) -> np.ndarray:
+    """The modality values of stored pixels (HU for CT, scanner units for MR), file order, float32."""
+    pixels = storage.pixels.astype(np.float32)
+    if storage.photometric == "MONOCHROME1":
+        pixels = (2**storage.bits_stored - 1) - pixels
+    if storage.slope is not None:
+        pixels = pixels * np.float32(storage.slope) + np.float32(storage.intercept)
+    return pixels
 
 
 def _ds(value: float) -> str:
@@ -174,19 +184,20 @@ def localizer_rows(spec: SeriesSpec) -> list[LocalizerRow]:
     return rows
 
 
-def write_series(spec: SeriesSpec, folder: str | Path) -> list[LocalizerRow]:
+def write_series(spec: SeriesSpec, folder: str | Path, *, storage: _Storage | None = None) -> list[LocalizerRow]:
     """Write a series' DICOM files into `folder` (created) as <SOPInstanceUID>.dcm.
 
     Args:
         spec: the series.
         folder: output folder; usually .../series/<SeriesInstanceUID>.
+        storage: stored_pixels(spec) when the caller has it already (else rendered here).
     Returns:
         The localizer rows of its aneurysms (empty for a negative series).
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     acq = spec.acquisition
-    storage = stored_pixels(spec)
+    storage = storage if storage is not None else stored_pixels(spec)
     positions = acq.positions()
     normal = acq.normal
     uids = spec.sop_instance_uids()

@@ -8,9 +8,9 @@ import numpy as np
 from inference.errors import ConfigError
 
 from .acquisition import Acquisition
-from .anatomy import Anatomy
+from .anatomy import Anatomy, Neck, vessel_label_segments
 
-__all__ = ["Intensities", "MODALITY_INTENSITIES", "blob_level", "render_volume"]
+__all__ = ["Intensities", "MODALITY_INTENSITIES", "blob_level", "render_volume", "render_vessel_labels"]
 
 _EDGE_MM = 1.0  # soft tissue boundaries ramp over 1 mm (a function of position only: orientation-exact)
 _CHUNK_VOXELS = 2_000_000
@@ -33,6 +33,7 @@ class Intensities:
     noise: float
     vessel_sheath_mm: float = 0.0  # CSF sheath drawn around vessels and blobs (T2 cisterns)
     blob_rim_mm: float = 0.0
+    soft: float = 0.0  # neck soft tissue (muscle), drawn only for an anatomy with a neck
 
 
 # CTA: contrast-filled vessels ~330 HU in 35 HU brain, skull 1100 HU. MRA (TOF) and T1post: bright vessels and
@@ -40,12 +41,14 @@ class Intensities:
 # T2: bright CSF, vessels are dark flow voids inside a thin CSF sheath; blobs are dark round flow voids with a
 # bright CSF rim (blob_contrast makes the core darker).
 MODALITY_INTENSITIES: dict[str, Intensities] = {
-    "CTA": Intensities(air=-1000.0, scalp=30.0, skull=1100.0, brain=35.0, csf=8.0, vessel=330.0, noise=7.0),
-    "MRA": Intensities(air=0.0, scalp=1300.0, skull=30.0, brain=200.0, csf=80.0, vessel=700.0, noise=14.0),
+    "CTA": Intensities(air=-1000.0, scalp=30.0, skull=1100.0, brain=35.0, csf=8.0, vessel=330.0, noise=7.0,
+                       soft=45.0),
+    "MRA": Intensities(air=0.0, scalp=1300.0, skull=30.0, brain=200.0, csf=80.0, vessel=700.0, noise=14.0,
+                       soft=160.0),
     "MRI T1post": Intensities(air=0.0, scalp=1300.0, skull=40.0, brain=420.0, csf=120.0, vessel=760.0,
-                              noise=14.0),
+                              noise=14.0, soft=380.0),
     "MRI T2": Intensities(air=0.0, scalp=520.0, skull=30.0, brain=450.0, csf=1400.0, vessel=60.0, noise=14.0,
-                          vessel_sheath_mm=1.0, blob_rim_mm=2.0),
+                          vessel_sheath_mm=1.0, blob_rim_mm=2.0, soft=330.0),
 }
 
 
@@ -88,6 +91,30 @@ def _segment_distance(x, y, z, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.sqrt((px - t * ab[0]) ** 2 + (py - t * ab[1]) ** 2 + (pz - t * ab[2]) ** 2)
 
 
+def _ellipsoid_membership(x, y, z, centre, semi) -> np.ndarray:
+    r = np.sqrt(((x - centre[0]) / semi[0]) ** 2 + ((y - centre[1]) / semi[1]) ** 2
+                + ((z - centre[2]) / semi[2]) ** 2)
+    return _ramp((r - 1.0) * min(semi))
+
+
+def _render_neck(value: np.ndarray, neck: Neck, t: Intensities, x, y, z, surface: np.ndarray,
+                 origin: np.ndarray, affine_inv: np.ndarray, shape: tuple[int, int, int]) -> None:
+    """Neck soft tissue below the brain's floor, then the skull base and cervical spine as bone (in place)."""
+    (cx, cy), (ax, ay) = neck.centre_xy, neck.semi_xy
+    column = (np.sqrt(((x - cx) / ax) ** 2 + ((y - cy) / ay) ** 2) - 1.0) * ((ax + ay) / 2.0)
+    in_neck = _ramp(column) * _ramp(z - neck.top_z)
+    below_floor = _ramp(z - neck.brain_floor_z) * _ramp(surface)
+    soft = np.maximum(in_neck, below_floor)
+    value += (t.soft - value) * soft
+    xb, yb, zb = (np.broadcast_to(a, shape) for a in (x, y, z))
+    for centre, semi in neck.bones:
+        reach = np.asarray(semi) + 2.0 * _EDGE_MM
+        box = _index_box(origin, affine_inv, np.asarray(centre) - reach, np.asarray(centre) + reach, shape)
+        if box is None:
+            continue
+        value[box] += (t.skull - value[box]) * _ellipsoid_membership(xb[box], yb[box], zb[box], centre, semi)
+
+
 def _render_chunk(anatomy: Anatomy, acq: Acquisition, k0: int, k1: int, modality: str, vessel_level: float,
                   blob_contrast: float) -> np.ndarray:
     t = MODALITY_INTENSITIES[modality]
@@ -107,6 +134,8 @@ def _render_chunk(anatomy: Anatomy, acq: Acquisition, k0: int, k1: int, modality
     px, py, pz = anatomy.texture_phase
     texture = 1.0 + 0.06 * np.sin(x / 7.0 + px) * np.sin(y / 9.0 + py) * np.sin(z / 8.0 + pz)
     value += (t.brain * texture - value) * _ramp(surface + anatomy.scalp_mm + anatomy.skull_mm)
+    if anatomy.neck is not None:
+        _render_neck(value, anatomy.neck, t, x, y, z, surface, origin, affine_inv, shape)
     del rho, surface, texture
     x, y, z = (np.broadcast_to(a, shape) for a in (x, y, z))  # read-only views for the sub-box lookups
     for centre, semi in anatomy.ventricles:
@@ -190,4 +219,26 @@ def render_volume(anatomy: Anatomy, acq: Acquisition, modality: str, *, vessel_l
             real = out + rng.normal(0.0, sigma, size=out.shape)
             imag = rng.normal(0.0, sigma, size=out.shape)
             out = np.sqrt(real * real + imag * imag)
+    return out
+
+
+def render_vessel_labels(anatomy: Anatomy, acq: Acquisition) -> np.ndarray:
+    """The vessel label map of a series (uint8, file order (k, rows, cols)): VESSEL_MASK_LABELS, 0 background.
+
+    A voxel takes the label of the vessel segment it lies inside (centreline distance <= radius, the same
+    surface the renderer draws at half membership); where two segments overlap the later one wins.
+    """
+    shape = (acq.num_slices, acq.rows, acq.cols)
+    out = np.zeros(shape, dtype=np.uint8)
+    origin, affine = acq.index_affine()
+    affine_inv = np.linalg.inv(affine)
+    x, y, z = (np.broadcast_to(a, shape) for a in acq.pixel_coordinates())
+    for label, a, b, radius in vessel_label_segments(anatomy):
+        a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+        box = _index_box(origin, affine_inv, np.minimum(a, b) - radius - _EDGE_MM, np.maximum(a, b) + radius + _EDGE_MM,
+                         shape)
+        if box is None:
+            continue
+        inside = _segment_distance(x[box], y[box], z[box], a, b) <= radius
+        out[box][inside] = label
     return out

@@ -2,8 +2,9 @@
 
 Reads headers only (in worker processes, with a progress bar; nothing compressed is decoded) and reports per
 modality what the data holds (storage, geometry, what the loader would drop and why), checks the localizers, and
-projects the cache's time and disk for a preset from real cache work on a few series. The pieces:
-`training.audit_series` (the per-series audit, localizers, summary) and `training.audit_cost` (the projection).
+projects the cache's time and disk for a preset from real cache work on a few series, and counts the vessel masks
+(segmentations/), checking that each lies on its series' DICOM geometry. The pieces: `training.audit_series`
+(the per-series audit, localizers, summary), `training.audit_cost` (the projection), `training.audit_masks`.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from typing import Any
 from inference.errors import ConfigError
 
 from .audit_cost import CostProjection, pick_sample, project_cache_cost
+from .audit_masks import MaskAudit, audit_masks
 from .audit_series import (
     LocalizerAudit,
     SeriesAudit,
@@ -44,11 +46,13 @@ class AuditReport:
     modalities: dict[str, dict[str, Any]]
     localizers: LocalizerAudit
     projection: CostProjection | None = None
+    masks: MaskAudit | None = None
 
     def to_dict(self) -> dict[str, Any]:
         series = [{k: v for k, v in asdict(a).items() if k != "sops"} for a in self.series.values()]
         return {"data_dir": self.data_dir, "seconds": round(self.seconds, 2), "modalities": self.modalities,
                 "localizers": asdict(self.localizers),
+                "masks": None if self.masks is None else asdict(self.masks),
                 "projection": None if self.projection is None else asdict(self.projection), "series": series}
 
 
@@ -87,6 +91,7 @@ def run_audit(data_dir: str | Path, *, config_path: str | Path | None = "configs
     audits = audit_folders(folders, workers=workers, progress=progress)
     localizers = check_localizers(data_dir / "train_localizers.csv", table, audits, frame_base=frame_base)
     report = AuditReport(str(data_dir), 0.0, audits, summarize(audits, table), localizers)
+    report.masks = audit_masks(data_dir, folders, dict(zip(table.uids, table.modality)))
     if config is not None:
         loadable = {uid: f for uid, f in folders.items() if not audits[uid].error}
         report.projection = project_cache_cost(loadable, pick_sample(audits, table, sample), audits,
@@ -154,6 +159,7 @@ def format_report(report: AuditReport, *, examples: int = 3) -> str:
     for name, uids in (("positive without a point", loc.positive_without_point),
                        ("positive without a usable point", loc.positive_without_usable_point)):
         lines.append(f"  {name}: {len(uids)}" + (f"  e.g. {', '.join(uids[:examples])}" if uids else ""))
+    lines += _mask_lines(report.masks, examples)
     p = report.projection
     if p is not None:
         lines += ["", f"Cache projection for {p.preset} (image_size {p.image_size}): {len(p.sample)} sample series "
@@ -167,6 +173,21 @@ def format_report(report: AuditReport, *, examples: int = 3) -> str:
                          f"{_duration(p.projected_wall_seconds)} with cache.workers={p.cache_workers} (if it scales "
                          f"linearly); {p.total_slices} axial slices: {p.projected_bytes / 2**30:.2f} GiB of .npy")
     return "\n".join(lines)
+
+
+def _mask_lines(masks: MaskAudit | None, examples: int) -> list[str]:
+    if masks is None:
+        return []
+    if not masks.found:
+        return ["", "Vessel masks: none (no segmentations/<uid>/<uid>_cowseg.nii)"]
+    share = masks.found / max(masks.train_series, 1)
+    lines = ["", f"Vessel masks: {masks.found} found ({share:.1%} of the train series), {masks.usable} usable "
+                 f"(on their series' DICOM grid): " + ", ".join(f"{m} {n}" for m, n in masks.by_modality.items()),
+             "  usable masks holding each label: " + " ".join(f"{k}:{v}" for k, v in masks.label_series.items())]
+    if masks.problems:
+        lines.append(f"  not used: {len(masks.problems)}")
+        lines += [f"      {uid}: {problem[:150]}" for uid, problem in list(masks.problems.items())[:examples]]
+    return lines
 
 
 def build_parser() -> argparse.ArgumentParser:
