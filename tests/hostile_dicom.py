@@ -607,7 +607,9 @@ elapsed = time.monotonic() - start
 runtime = kernel._RUNTIME
 report = runtime.reports.get(Path(sys.argv[1]).name)
 runtime.close()  # the decoding workers are reaped: their peak memory counts in RUSAGE_CHILDREN
-print("RESULT " + json.dumps({
+# The result goes to its own file: a crashing decoder worker shares this process's stdout and may write there
+# without a newline, so a line read from stdout could be cut or joined with its output.
+Path(sys.argv[2]).write_text(json.dumps({
     "columns": frame.columns, "row": list(frame.row(0)), "elapsed_s": elapsed,
     "answer": report.answer if report else "", "slices": report.slices if report else 0,
     "modality": report.modality if report else "",
@@ -639,12 +641,14 @@ def run_predict_in_subprocess(series: Path, weights: Path, *, cwd: Path, timeout
     environ.update({"RSNA_WEIGHTS_DIR": str(weights), "RSNA_DECODE_TIMEOUT_S": "4", "RSNA_DECODE_MEMORY_MB": "1024",
                     "RSNA_DECODE_WORKERS": "2", "RSNA_CALL_BUDGET_S": "60", "PYTHONPATH": str(cwd)})
     environ.update(env or {})
-    start = time.monotonic()
-    proc = subprocess.run([sys.executable, "-c", PREDICT_DRIVER, str(series)], cwd=cwd, env=environ,
-                          capture_output=True, text=True, timeout=timeout_s)
-    wall = time.monotonic() - start
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     import json
+    import tempfile
 
-    result = json.loads(lines[-1][len("RESULT "):]) if lines else None
+    with tempfile.TemporaryDirectory(prefix="hostile_result_") as scratch:
+        result_path = Path(scratch) / "result.json"
+        start = time.monotonic()
+        proc = subprocess.run([sys.executable, "-c", PREDICT_DRIVER, str(series), str(result_path)], cwd=cwd,
+                              env=environ, capture_output=True, text=True, timeout=timeout_s)
+        wall = time.monotonic() - start
+        result = json.loads(result_path.read_text()) if result_path.exists() else None
     return CaseRun(proc.returncode, result, proc.stdout + proc.stderr, wall)
