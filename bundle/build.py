@@ -62,7 +62,7 @@ def _adjusted_manifest(manifest: Manifest, options: BuildOptions) -> Manifest:
     aggregation = manifest.aggregation
     if options.tta is not None:
         aggregation = dataclasses.replace(aggregation, tta_flip=options.tta)
-    if options.aggregation is not None and manifest.kind == "window25d":  # a volume model answers per series
+    if options.aggregation is not None and manifest.kind_spec.windowed:  # a volume model answers per series
         aggregation = dataclasses.replace(aggregation, method=options.aggregation)
     folds = manifest.folds
     if options.folds is not None:
@@ -134,7 +134,7 @@ def build(options: BuildOptions) -> BuildResult:
     except ManifestError as exc:
         raise BuildError(f"weights check failed: {exc}") from exc
     bundled_blend = blend.weighted() if blend is not None else None  # the kernel never loads a zero-weight member
-    if bundled_blend is not blend:
+    if bundled_blend is not None and bundled_blend is not blend:
         log.warning("build: blend members %s have zero weight and are not bundled",
                     bundled_blend.provenance["left_out_members"])
         blend = bundled_blend

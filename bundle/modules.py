@@ -57,7 +57,11 @@ def runtime_modules(package_dir: Path = REPO / PACKAGE, *, entry: str = ENTRY_MO
     Raises:
         BuildError: a reachable module is missing or imports torch, timm, the trainer, the phantom or the tests.
     """
-    todo, seen = [entry, "__init__"], set()
+    from inference.kinds import KINDS
+
+    # each kind's runner is imported by name when first built (inference.kinds): a walk of imports cannot see it
+    runners = [k.runner.partition(":")[0].split(".", 1)[1] for k in KINDS.values()]
+    todo, seen = [entry, "__init__", *runners], set()
     while todo:
         name = todo.pop()
         if name in seen:
@@ -85,5 +89,7 @@ def vendor_packages(target: Path, names: Sequence[str] = VENDORED_PACKAGES) -> N
             module = importlib.import_module(name)
         except ImportError as exc:
             raise BuildError(f"the kernel needs {name} ({exc}): pip install -r requirements-kernel.txt") from exc
+        if module.__file__ is None:
+            raise BuildError(f"the kernel needs {name}, but it is a namespace package without files")
         source = Path(module.__file__).parent
         shutil.copytree(source, target / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.so"))

@@ -5,7 +5,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from inference.config import AGGREGATION_METHODS
+from inference.config import AGGREGATION_METHODS, AggregationMethod
 from inference.errors import KitError
 
 __all__ = ["REPO", "BUNDLE_MARKER", "WHEEL_PLATFORMS", "BuildError", "BuildOptions", "check_options"]
@@ -44,7 +44,7 @@ class BuildOptions:
     wheel_platforms: tuple[str, ...] = WHEEL_PLATFORMS
     python_version: str = "3.11"
     tta: bool | None = None  # None keeps the manifest's aggregation.tta_flip
-    aggregation: str | None = None  # None keeps the manifest's aggregation.method (max, topk_mean, learned)
+    aggregation: AggregationMethod | None = None  # None keeps the manifest's aggregation.method
     batch_size: int | None = None  # None keeps the manifest's windows.batch_size
     stride: int | None = None  # None keeps the manifest's windows.stride
     gpu_batch_size: int | None = None  # None keeps the manifest's windows.gpu_batch_size

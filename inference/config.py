@@ -10,10 +10,10 @@ from typing import Any, Literal
 from .errors import ConfigError
 
 __all__ = ["PreprocessConfig", "WindowConfig", "AggregationConfig", "BudgetConfig", "VolumeConfig", "config_hash",
-           "setting", "MODEL_KINDS", "AGGREGATION_METHODS"]
+           "setting", "AGGREGATION_METHODS", "AggregationMethod"]
 
-MODEL_KINDS = ("window25d", "volume32")  # the 2.5D window model; the whole series as channels of one image
-AGGREGATION_METHODS = ("max", "topk_mean", "learned")  # window probabilities -> series answer
+AggregationMethod = Literal["max", "topk_mean", "learned"]  # window probabilities -> series answer
+AGGREGATION_METHODS: tuple[AggregationMethod, ...] = ("max", "topk_mean", "learned")
 
 
 def setting(default: Any, help: str) -> Any:
@@ -83,7 +83,7 @@ class AggregationConfig:
 
     fold_average: Literal["prob", "logit"] = setting("prob", "prob (mean of fold probabilities) or logit (sigmoid of "
                                                      "the mean logit)")
-    method: Literal["max", "topk_mean", "learned"] = setting(
+    method: AggregationMethod = setting(
         "max", "max, topk_mean, or learned (the manifest's aggregator, fitted by the trainer on out-of-fold "
                "windows): window -> series reduction per label")
     top_k: int = setting(3, "windows averaged by topk_mean")
@@ -139,7 +139,7 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(cfg)))
 
 
-def from_dict(cls: type, data: dict[str, Any]):
+def from_dict(cls: type, data: dict[str, Any]) -> Any:
     """Build config `cls` from a dict, rejecting unknown keys with a clear message."""
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(data) - names

@@ -167,7 +167,7 @@ class KernelRuntime:
 
     def _load(self) -> None:
         t0 = time.perf_counter()
-        if self.predictor.load():
+        if self.predictor.load(warm_up=True):
             providers = self.predictor.ensemble.providers
             if "CUDAExecutionProvider" not in providers:
                 log.warning("!!! the fold ensemble runs on %s, not on CUDA: expect CPU speed !!!", providers)

@@ -1,10 +1,11 @@
 """2.5D windows: index arrays of neighbouring slices into one uint8 stack, batched and scaled for the model."""
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 from .config import WindowConfig
 from .errors import ConfigError, InferenceError
@@ -29,7 +30,8 @@ def window_centres(num_slices: int, *, stride: int = 1) -> np.ndarray:
     return np.arange(0, num_slices, stride, dtype=np.int64)
 
 
-def window_indices(num_slices: int, offsets, *, stride: int = 1, centres=None) -> np.ndarray:
+def window_indices(num_slices: int, offsets: Sequence[int], *, stride: int = 1,
+                   centres: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
     """Slice indices of every window: row n, channel c is `centre_n + offsets[c]` clamped to [0, num_slices).
 
     Args:
@@ -53,7 +55,8 @@ def window_indices(num_slices: int, offsets, *, stride: int = 1, centres=None) -
     return np.clip(centres[:, None] + offsets[None, :], 0, num_slices - 1)
 
 
-def build_batch(stack_u8: np.ndarray, indices: np.ndarray, *, scale: float, dtype=np.float32) -> np.ndarray:
+def build_batch(stack_u8: np.ndarray, indices: np.ndarray, *, scale: float,
+                dtype: DTypeLike = np.float32) -> np.ndarray:
     """Gather windows (N, C) from a uint8 (Z, S, S) stack into model input (N, C, S, S) = pixel * scale.
 
     Only the batch is gathered (fancy indexing into the one stack): the volume is never copied per channel.
@@ -69,7 +72,7 @@ def build_batch(stack_u8: np.ndarray, indices: np.ndarray, *, scale: float, dtyp
     return out
 
 
-def iter_window_batches(stack_u8: np.ndarray, cfg: WindowConfig, *, dtype=np.float32,
+def iter_window_batches(stack_u8: np.ndarray, cfg: WindowConfig, *, dtype: DTypeLike = np.float32,
                         batch_size: int | None = None,
                         ready: Callable[[int], None] | None = None) -> Iterator[WindowBatch]:
     """Yield the windows of `stack_u8` in batches of `batch_size` (default cfg.batch_size), in slice order.

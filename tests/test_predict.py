@@ -116,7 +116,7 @@ def test_construction_is_lazy(planted_onnx, tmp_path):
     folder = _bundle(tmp_path / "b", planted_onnx["planted"])
     (folder / "fold0.onnx").unlink()  # a broken bundle does not stop the predictor from being built
     predictor = Predictor(folder)
-    assert predictor._ensemble is None
+    assert predictor.runner is not None and not predictor.runner.loaded
     np.testing.assert_allclose(predictor.priors, PRIORS)
 
 
@@ -240,13 +240,13 @@ def test_streamed_and_sequential_preprocessing_give_the_same_answer(planted_onnx
 
 
 def test_a_failure_while_preparing_slices_reaches_predict(bundle, tmp_path, monkeypatch, caplog):
-    from inference import predict as predict_module
+    from inference import runners
     from inference.volume import Volume
 
     def broken(*args, **kwargs):
         raise RuntimeError("cv2 exploded")
 
-    monkeypatch.setattr(predict_module, "prepare_slices", broken)
+    monkeypatch.setattr(runners, "prepare_slices", broken)
     volume = Volume(pixels=np.zeros((40, 32, 32), np.float32), spacing=(1.0, 1.0, 1.0), modality="CT")
     predictor = Predictor(bundle, providers=["CPUExecutionProvider"], loader=lambda _: volume)
     with caplog.at_level(logging.ERROR, logger="inference.predict"):

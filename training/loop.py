@@ -30,7 +30,8 @@ from .model import DualStreamNet, InferenceGraph, build_model
 from .sampling import ROI, CachedSeries, Sample, draw_epoch, negative_centres, normalized_coords, roi_crop, window_at
 
 __all__ = ["DistInfo", "init_distributed", "seed_everything", "WindowDataset", "predict_windows", "validate",
-           "mine_hard_negatives", "FoldResult", "FoldTask", "train_fold", "fit_fold", "load_best", "label_criterion"]
+           "mine_hard_negatives", "FoldResult", "FoldTask", "train_fold", "fit_fold", "label_criterion",
+           "window_parity_inputs"]
 
 log = logging.getLogger(__name__)
 
@@ -206,19 +207,6 @@ def _make_optimizer(net: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optim
     return torch.optim.Adam(net.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
 
 
-def load_best(path: str | Path, cfg: TrainConfig) -> torch.nn.Module:
-    """Rebuild a fold's network (either model kind) from its best checkpoint (CPU, eval mode)."""
-    if cfg.model.kind == "volume32":
-        from .volume import build_volume_model
-
-        net = build_volume_model(dataclasses.replace(cfg.model, pretrained=False), depth=cfg.volume.depth)
-    else:
-        net = build_model(dataclasses.replace(cfg.model, pretrained=False), in_chans=cfg.windows.channels)
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    net.load_state_dict(state["model"])
-    return net.eval()
-
-
 def _selection_score(report: dict[str, Any]) -> float:
     score = report["configured"]["score"]
     return -math.inf if score is None else float(score)
@@ -246,6 +234,20 @@ class FoldTask:
     items_per_epoch: int
     epoch_dataset: Any
     validate: Any
+
+
+def window_parity_inputs(series: list[CachedSeries], cfg: TrainConfig, count: int) -> np.ndarray:
+    """Real validation windows for the export's parity check: at localizer slices and spread through each series."""
+    windows = []
+    per_series = max(2, count // max(1, len(series)) + 1)
+    for s in series:
+        centres = [int(round(p.z)) for p in s.points]
+        centres += list(np.linspace(0, s.num_slices - 1, per_series).round().astype(int))
+        for c in centres[:per_series]:
+            windows.append(window_at(s.pixels, c, cfg.windows.offsets, scale=cfg.windows.scale))
+        if len(windows) >= count:
+            break
+    return np.stack(windows[:count])
 
 
 def train_fold(cfg: TrainConfig, fold: int, train_series: list[CachedSeries], val_series: list[CachedSeries], *,

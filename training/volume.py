@@ -50,6 +50,11 @@ def volume_input(pixels: np.ndarray, cfg: TrainConfig) -> np.ndarray:
     return volume_model_input(pixels, cfg.volume)
 
 
+def volume_parity_inputs(series: list[CachedSeries], cfg: TrainConfig, count: int) -> np.ndarray:
+    """Whole resampled validation series (at most 4) for the export's parity check."""
+    return np.stack([volume_input(s.pixels, cfg) for s in series[:max(1, min(count, 4))]])
+
+
 class VolumeDataset(Dataset):
     """One item per series: (volume (D, S, S), labels (14,)), augmented like a window (a left-right flip swaps
     the left/right labels; every channel gets the same geometry)."""
