@@ -57,11 +57,7 @@ def runtime_modules(package_dir: Path = REPO / PACKAGE, *, entry: str = ENTRY_MO
     Raises:
         BuildError: a reachable module is missing or imports torch, timm, the trainer, the phantom or the tests.
     """
-    from inference.kinds import KINDS
-
-    # each kind's runner is imported by name when first built (inference.kinds): a walk of imports cannot see it
-    runners = [k.runner.partition(":")[0].split(".", 1)[1] for k in KINDS.values()]
-    todo, seen = [entry, "__init__", *runners], set()
+    todo, seen = [entry, "__init__"], set()
     while todo:
         name = todo.pop()
         if name in seen:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +14,7 @@ from .decode_pool import DecodeJob, DecodePool, pool_available, shared_pool
 from .dicom_io import DEFAULT_BACKENDS, DicomFileError, DicomImage, read_dicom
 from .errors import SeriesLoadError
 from .fill import ProgressiveFill
-from .stack import Stack, choose_stack, fallback_slice_spacing, pixel_spacing
+from .stack import FrameTable, Stack, choose_stack, fallback_slice_spacing, pixel_spacing
 from .volume import SliceSource, Volume, canonical_transform
 
 __all__ = ["load_series", "stream_series", "SeriesStream", "SeriesRestacked", "plan_series", "SeriesPlan",
@@ -256,17 +256,9 @@ class SeriesStream:
                 if int(frame) in position:
                     self._put(position[int(frame)], image, frames, order, view)
         try:
-            if lost:  # rebuild from the files that did load (files outside the first stack were never decoded)
+            if lost:
                 failures.extend(lost)
-                gone = {path for path, _ in lost}
-                survivors = [im for im in images if im.path not in gone and im.pixels is not None]
-                if not survivors:
-                    raise SeriesLoadError(f"series folder {plan.folder}: no usable image in {plan.files} file(s): "
-                                          + "; ".join(f"skipped {reason}" for _, reason in failures))
-                new_stack = choose_stack(survivors)
-                volume, _ = _skeleton(plan.folder, survivors, new_stack)
-                _fill_all(volume, survivors, new_stack)
-                self.volume, stack = volume, new_stack
+                stack = self._rebuild({path for path, _ in lost}, failures)
             for _, reason in failures:
                 LOGGER.warning("%s: skipped %s", plan.folder.name, reason)
             self.volume.dropped[:0] = [f"skipped {reason}" for _, reason in failures]
@@ -280,6 +272,19 @@ class SeriesStream:
             for index in needed:  # views of the pool's shared block must not outlive its batch
                 images[index].pixels = None
 
+    def _rebuild(self, gone: set[str], failures: list[tuple[str, str]]) -> Stack:
+        """Rebuild the volume from the files that did load (files outside the first stack were never decoded);
+        return its stack."""
+        plan = self.plan
+        survivors = [im for im in plan.images if im.path not in gone and im.pixels is not None]
+        if not survivors:
+            raise SeriesLoadError(f"series folder {plan.folder}: no usable image in {plan.files} file(s): "
+                                  + "; ".join(f"skipped {reason}" for _, reason in failures))
+        stack = choose_stack(survivors)
+        self.volume, _ = _skeleton(plan.folder, survivors, stack)
+        _fill_all(self.volume, survivors, stack)
+        return stack
+
     def _stack_sequence(self) -> list[int]:
         """Stack indices in the order to fill them: the `first` canonical slices, then canonical order."""
         n = len(self._filled)
@@ -288,8 +293,10 @@ class SeriesStream:
         firsts = [int(canonical_to_stack[c]) for c in self.first if 0 <= c < n]
         return list(dict.fromkeys(firsts + canonical_to_stack.tolist()))
 
-    def _put(self, k: int, image: DicomImage, frames, order: np.ndarray, view: np.ndarray) -> None:
+    def _put(self, k: int, image: DicomImage, frames: FrameTable, order: np.ndarray, view: np.ndarray) -> None:
         i = order[k]
+        if image.pixels is None:
+            raise SeriesLoadError(f"{Path(image.path).name}: no pixels to put into slice {k}")
         _rescale_into(image.pixels[frames.frame[i]], frames.slopes[i], frames.intercepts[i], view[k])
         with self._progress.lock:
             self._filled[k] = True
@@ -303,7 +310,7 @@ class SeriesStream:
         n = len(self._filled)
         return n - 1 - c if self.volume.transform.flips[0] else c
 
-    def _decode(self, needed: list[int]):
+    def _decode(self, needed: list[int]) -> Iterator[tuple[int, np.ndarray | None, str]]:
         """(image index, pixels, '') or (image index, None, reason) per needed image, as they complete."""
         images = self.plan.images
         if not needed:

@@ -225,6 +225,25 @@ class Manifest:
                 out.append(f"labels differ from the competition's 14: unknown {extra}, missing {lacking}")
         if self.input_dtype not in INPUT_DTYPES:
             out.append(f"input_dtype {self.input_dtype!r} is not one of {INPUT_DTYPES}")
+        out.extend(self._input_problems())
+        if len(self.priors) != len(LABELS):
+            out.append(f"priors has {len(self.priors)} values, expected {len(LABELS)}")
+        elif not all(math.isfinite(p) and 0.0 <= p <= 1.0 for p in self.priors):
+            out.append(f"priors must be finite probabilities in [0, 1], got {list(self.priors)}")
+        if not self.folds:
+            out.append("no folds listed")
+
+        ids = [f.fold for f in self.folds]
+        if len(set(ids)) != len(ids):
+            out.append(f"fold ids are not unique: {ids}")
+        for f in self.folds:
+            if len(f.sha256) != 64 or any(ch not in "0123456789abcdef" for ch in f.sha256.lower()):
+                out.append(f"fold {f.fold}: sha256 {f.sha256!r} is not a 64-digit hex digest")
+        return out
+
+    def _input_problems(self) -> list[str]:
+        """The kind and the model input's shape against the configs."""
+        out = []
         try:
             kind = model_kind(self.kind)
         except ConfigError as exc:
@@ -243,19 +262,6 @@ class Manifest:
             out.append(f"input_shape {list(self.input_shape)} does not match the configs: windows.offsets gives "
                        f"{expected[0]} channels and preprocess.image_size {expected[1]} (expected "
                        f"[batch, {expected[0]}, {expected[1]}, {expected[2]}])")
-        if len(self.priors) != len(LABELS):
-            out.append(f"priors has {len(self.priors)} values, expected {len(LABELS)}")
-        elif not all(math.isfinite(p) and 0.0 <= p <= 1.0 for p in self.priors):
-            out.append(f"priors must be finite probabilities in [0, 1], got {list(self.priors)}")
-        if not self.folds:
-            out.append("no folds listed")
-
-        ids = [f.fold for f in self.folds]
-        if len(set(ids)) != len(ids):
-            out.append(f"fold ids are not unique: {ids}")
-        for f in self.folds:
-            if len(f.sha256) != 64 or any(ch not in "0123456789abcdef" for ch in f.sha256.lower()):
-                out.append(f"fold {f.fold}: sha256 {f.sha256!r} is not a 64-digit hex digest")
         return out
 
     def verify(self, folder: str | Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import polars as pl
 
 from .labels import LABELS
@@ -12,7 +13,7 @@ from .runners import Answer
 __all__ = ["SeriesReport", "probabilities_frame"]
 
 
-def probabilities_frame(probs: Sequence[float]) -> pl.DataFrame:
+def probabilities_frame(probs: Sequence[float] | np.ndarray) -> pl.DataFrame:
     """One row, 14 Float64 columns named `LABELS` in order."""
     values = [float(p) for p in probs]
     return pl.DataFrame([values], schema={name: pl.Float64 for name in LABELS}, orient="row")

@@ -26,6 +26,7 @@ import numpy as np
 from .aggregate import enforce_present_rule, make_aggregator
 from .blend import Blend
 from .budget import Degradation
+from .config import WindowConfig
 from .decode_pool import DecodePool
 from .ensemble import FoldEnsemble, load_ensemble
 from .errors import DeadlineError, ManifestError, SeriesLoadError
@@ -248,7 +249,7 @@ class WindowRunner(ModelRunner):
         answer.probs = self.aggregator(window_probs, volume.modality)
         return answer
 
-    def _window_config(self, ensemble: FoldEnsemble, degradation: Degradation):  # -> WindowConfig
+    def _window_config(self, ensemble: FoldEnsemble, degradation: Degradation) -> WindowConfig:
         windows = self.manifest.windows
         on_cuda = "CUDAExecutionProvider" in ensemble.providers
         return dataclasses.replace(
@@ -308,6 +309,8 @@ class VolumeRunner(ModelRunner):
         volume = source.load(deadline)
         t0 = time.perf_counter()
         prepared = preprocess_volume(volume, self.manifest.preprocess)
+        if self.manifest.volume is None:
+            raise ManifestError(f"{self.bundle_dir}: kind {self.manifest.kind} needs the manifest's volume section")
         batch = volume_model_input(prepared.pixels, self.manifest.volume, ensemble.input_dtype)[None]
         t1 = time.perf_counter()
         probs = ensemble.predict_windows(batch, tta=degradation.tta, folds=degradation.folds(len(ensemble.sessions)))

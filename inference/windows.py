@@ -44,15 +44,15 @@ def window_indices(num_slices: int, offsets: Sequence[int], *, stride: int = 1,
     Raises:
         ConfigError: no slice, no offset, or a stride below 1.
     """
-    offsets = np.asarray(tuple(offsets), dtype=np.int64)
-    if offsets.ndim != 1 or offsets.size == 0:
-        raise ConfigError(f"offsets must be a non-empty sequence of ints, got {offsets!r}")
+    channel = np.asarray(tuple(offsets), dtype=np.int64)
+    if channel.ndim != 1 or channel.size == 0:
+        raise ConfigError(f"offsets must be a non-empty sequence of ints, got {channel!r}")
     if centres is None:
         centres = window_centres(num_slices, stride=stride)
     elif num_slices < 1:
         raise InferenceError(f"a window needs at least one slice, got num_slices={num_slices}")
-    centres = np.asarray(centres, dtype=np.int64).reshape(-1)
-    return np.clip(centres[:, None] + offsets[None, :], 0, num_slices - 1)
+    centre = np.asarray(centres, dtype=np.int64).reshape(-1)
+    return np.clip(centre[:, None] + channel[None, :], 0, num_slices - 1)
 
 
 def build_batch(stack_u8: np.ndarray, indices: np.ndarray, *, scale: float,
@@ -66,9 +66,9 @@ def build_batch(stack_u8: np.ndarray, indices: np.ndarray, *, scale: float,
     indices = np.asarray(indices)
     if indices.ndim != 2:
         raise InferenceError(f"indices must be (N, C), got shape {indices.shape}")
-    dtype = np.dtype(dtype)
-    out = np.empty((*indices.shape, *stack_u8.shape[1:]), dtype=dtype)
-    np.multiply(stack_u8[indices], dtype.type(scale), out=out, dtype=dtype)
+    kind = np.dtype(dtype)
+    out = np.empty((*indices.shape, *stack_u8.shape[1:]), dtype=kind)
+    np.multiply(stack_u8[indices], np.asarray(scale, dtype=kind), out=out, dtype=kind)
     return out
 
 

@@ -28,6 +28,15 @@ def test_every_kind_has_a_runner_and_a_trainer():
     assert set(TRAINING_KINDS) == set(KIND_NAMES)
 
 
+def test_every_runner_is_bundled_into_the_kernel():
+    """A kind's runner is imported by name (inference.kinds), which the build's import walk cannot follow: it must
+    also be reachable by plain imports from the kernel entry."""
+    from bundle.modules import runtime_modules
+
+    bundled = {f"inference.{name}" for name in runtime_modules()}
+    assert {kind.runner.partition(":")[0] for kind in KINDS.values()} <= bundled
+
+
 def test_kind_names_are_compared_in_one_module():
     """No module of the kit but inference/kinds.py holds a kind's name as a string of its own (a comparison, a
     default, a dict key): the literals would be a second owner."""
