@@ -16,12 +16,12 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
-from tqdm import tqdm
 
 from evaluation.metric import score_predictions
 from inference.aggregate import aggregate_windows
 from inference.config import AggregationConfig
 from inference.labels import LABELS, PRESENT_INDEX
+from inference.progress import Progress
 from inference.windows import iter_window_batches
 
 from .augment import WindowAugment
@@ -134,7 +134,7 @@ def validate(net: DualStreamNet, series: list[CachedSeries], cfg: TrainConfig, *
     was_training = net.training
     net.eval()
     window_probs = [predict_windows(net, s.pixels, cfg, device=device)
-                    for s in tqdm(series, desc="validate", unit="series", disable=not progress, leave=False)]
+                    for s in Progress(series, desc="validate", unit="series", enabled=progress, leave=False)]
     net.train(was_training)
     y_true = np.stack([s.labels for s in series])
     report = {}
@@ -325,8 +325,8 @@ def fit_fold(cfg: TrainConfig, fold: int, task: FoldTask, *, val_uids: list[str]
                             pin_memory="cuda" in device)
         model.train()
         losses = []
-        bar = tqdm(loader, desc=f"fold {fold} epoch {epoch + 1}/{cfg.train.epochs}", unit="batch",
-                   disable=not (progress and info.is_main), leave=False)
+        bar = Progress(loader, desc=f"fold {fold} epoch {epoch + 1}/{cfg.train.epochs}", unit="batch",
+                       enabled=progress and info.is_main, leave=False)
         for batch in bar:
             inputs = [t.to(device, non_blocking=True) for t in batch[:-1]]
             labels = batch[-1].to(device)

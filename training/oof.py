@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from evaluation.metric import score_by_modality, score_predictions
 from inference.labels import LABELS
+from inference.progress import Progress
 
 __all__ = ["predict_series", "predict_windows", "predict_series_from_windows", "oof_report", "OOF_REPORT_NAME"]
 
@@ -44,7 +44,7 @@ def predict_windows(bundle_dir: str | Path, folders: list[Path], *, folds: list[
 
     predictor = Predictor(bundle_dir, folds=folds)
     out, failed = [], []
-    for folder in tqdm(folders, desc=desc, unit="series", disable=not progress):
+    for folder in Progress(folders, desc=desc, unit="series", enabled=progress):
         try:
             window_probs, answer = predictor.window_answer(folder)
             out.append((window_probs, answer.modality))
@@ -133,7 +133,7 @@ def _predict_whole(bundle_dir: str | Path, folders: list[Path], folds: list[int]
 
     predictor = Predictor(bundle_dir, folds=folds)
     out, failed = [], []
-    for folder in tqdm(folders, desc=desc, unit="series", disable=not progress):
+    for folder in Progress(folders, desc=desc, unit="series", enabled=progress):
         probs, report = predictor.predict_series(folder)
         out.append(probs)
         if report.answer == "priors":
