@@ -391,8 +391,7 @@ def build_runner(bundle_dir: str | Path, *, providers: list[str] | None = None, 
     Reads the small manifests only; the sessions are built on first use (or by `load()`).
 
     Raises:
-        ManifestError: an unreadable manifest or bundle.json, an unknown kind, or priors that are not 14
-            probabilities.
+        ManifestError: an unreadable manifest or bundle.json, or an unknown kind.
     """
     bundle_dir = Path(bundle_dir)
     blend = Blend.read(bundle_dir)
@@ -411,7 +410,6 @@ def build_runner(bundle_dir: str | Path, *, providers: list[str] | None = None, 
     runner = runner_class(bundle_dir, manifest, providers=providers, folds=folds, threads=threads)
     if not isinstance(runner, Runner):
         raise ManifestError(f"{bundle_dir}: the runner of kind {manifest.kind} is not a Runner")
-    _ = runner.priors  # ManifestError when they are not 14 probabilities
     return runner
 
 
