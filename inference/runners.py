@@ -6,8 +6,10 @@ from its kind (`inference.kinds`) or its bundle.json (a blend: a runner over run
 (`inference.predict`) adds the per-series contract around it: deadline, watchdog, priors, report.
 
 Where a new stage plugs in: a runner receives the series as a `SeriesSource` and may hand a changed volume to
-another runner; e.g. a region-of-interest runner would `load` the volume, crop it to its box, and call
-`WindowRunner.answer_volume(cropped, ...)`: one new Runner class, one entry in `inference.kinds`.
+another runner. A region-of-interest stage is one Runner class wrapping a WindowRunner: its `answer` reads
+`source.load(deadline)`, crops the volume to its box, and returns `WindowRunner.answer_volume(cropped, deadline,
+degradation)` (its own seconds added to the Answer); `build_runner` wraps the kind's runner in it when the manifest
+asks for it (or `inference.kinds` names it as the runner of a new kind).
 """
 from __future__ import annotations
 
@@ -217,7 +219,14 @@ class WindowRunner(ModelRunner):
         return self._window_config(ensemble, Degradation()).batch_size, channels, size, size
 
     def answer(self, source: SeriesSource, deadline: float | None, degradation: Degradation) -> Answer:
-        window_probs, answer = self.windows(source, deadline, degradation)
+        return self._aggregated(*self.windows(source, deadline, degradation))
+
+    def answer_volume(self, volume: Volume, deadline: float | None, degradation: Degradation) -> Answer:
+        """The answer of an already loaded (or changed: cropped, resampled) volume. The place a stage before the
+        windows plugs in: a runner that finds a box reads `source.load(deadline)`, crops, and hands it here."""
+        return self._aggregated(*self._windows(self.ensemble, volume, None, deadline, degradation))
+
+    def _aggregated(self, window_probs: np.ndarray, answer: Answer) -> Answer:
         start = time.perf_counter()
         answer.probs = self.aggregator(window_probs, answer.modality)
         answer.aggregate_s = time.perf_counter() - start
@@ -242,12 +251,6 @@ class WindowRunner(ModelRunner):
             source.streamed(stream)
         answer.load_s = source.load_s
         return window_probs, answer
-
-    def answer_volume(self, volume: Volume, deadline: float | None, degradation: Degradation) -> Answer:
-        """The answer of an already loaded volume (a stage that changed the volume hands it here)."""
-        window_probs, answer = self._windows(self.ensemble, volume, None, deadline, degradation)
-        answer.probs = self.aggregator(window_probs, volume.modality)
-        return answer
 
     def _window_config(self, ensemble: FoldEnsemble, degradation: Degradation) -> WindowConfig:
         windows = self.manifest.windows

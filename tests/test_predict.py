@@ -305,3 +305,23 @@ def test_work_stuck_past_budget_and_grace_is_left_behind_with_the_priors(bundle,
     np.testing.assert_allclose(values, PRIORS)
     assert elapsed < 10  # answered at budget + grace, not when the loader returned (30 s)
     assert "left running in the background" in caplog.text
+
+
+def test_a_stage_before_the_windows_hands_the_window_runner_a_changed_volume(bundle):
+    """The seam a region-of-interest stage uses: `WindowRunner.answer_volume` answers a cropped volume exactly as
+    a series that held only those voxels."""
+    from inference.budget import Degradation
+    from inference.runners import WindowRunner
+    from inference.volume import Volume
+
+    pixels = np.random.default_rng(1).uniform(-100, 600, size=(12, 40, 48)).astype(np.float32)
+    whole = Volume(pixels=pixels, spacing=(1.0, 1.0, 1.0), modality="CT", series_uid="whole")
+    cropped = Volume(pixels=pixels[2:10, 4:36, 8:40].copy(), spacing=(1.0, 1.0, 1.0), modality="CT",
+                     series_uid="box")
+    runner = Predictor(bundle, providers=["CPUExecutionProvider"], loader=lambda _: whole).runner
+    assert isinstance(runner, WindowRunner)
+    answer = runner.answer_volume(cropped, None, Degradation())
+    alone = Predictor(bundle, providers=["CPUExecutionProvider"], loader=lambda _: cropped).answer("box")
+    np.testing.assert_allclose(answer.probs, alone.probs)
+    assert answer.slices == 8 and answer.windows == answer.windows_total == alone.windows
+    assert not np.allclose(answer.probs, runner.answer_volume(whole, None, Degradation()).probs)

@@ -7,6 +7,7 @@ import math
 import os
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -232,8 +233,8 @@ class FoldTask:
 
     net: torch.nn.Module
     items_per_epoch: int
-    epoch_dataset: Any
-    validate: Any
+    epoch_dataset: Callable[[int, np.random.Generator], Dataset]
+    validate: Callable[[torch.nn.Module], dict[str, Any]]
 
 
 def window_parity_inputs(series: list[CachedSeries], cfg: TrainConfig, count: int) -> np.ndarray:
