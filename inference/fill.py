@@ -17,7 +17,7 @@ class ProgressiveFill:
     error. `stop()` asks the producer to end early: `work` checks `fill.stopping`.
 
     Used by decoding (`inference.load.SeriesStream`: canonical slices as their files decode) and by preparation
-    (`inference.runners.PreparedSlices`: uint8 model slices as they are normalized and resized).
+    (`inference.prepare.PreparedSlices`: uint8 model slices as they are normalized and resized).
     """
 
     def __init__(self, name: str) -> None:

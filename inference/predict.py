@@ -17,7 +17,8 @@ from .errors import DeadlineError, InferenceError, KitError, ManifestError
 from .labels import LABELS
 from .manifest import Manifest
 from .report import SeriesReport, probabilities_frame
-from .runners import Aggregator, Answer, BlendRunner, Runner, SeriesSource, WindowRunner, build_runner
+from .runners import Aggregator, Answer, BlendRunner, Runner, WindowRunner, build_runner
+from .source import SeriesSource
 from .volume import Volume
 
 __all__ = ["Predictor", "SeriesReport", "probabilities_frame", "UNIFORM_PRIOR", "WATCHDOG_GRACE_S"]

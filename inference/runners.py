@@ -29,27 +29,19 @@ from .aggregate import enforce_present_rule, make_aggregator
 from .blend import Blend
 from .budget import Degradation
 from .config import WindowConfig
-from .decode_pool import DecodePool
 from .ensemble import FoldEnsemble, load_ensemble
 from .errors import DeadlineError, ManifestError, SeriesLoadError
-from .fill import ProgressiveFill
 from .labels import LABELS
-from .load import SeriesRestacked, SeriesStream, load_series, stream_series
+from .load import SeriesRestacked, SeriesStream
 from .manifest import Manifest
-from .normalize import (
-    SlicePlan,
-    plan_slices,
-    prepare_slices,
-    preprocess_volume,
-    sample_slices,
-    volume_model_input,
-    warn_if_constant_ct,
-)
+from .normalize import plan_slices, preprocess_volume, sample_slices, volume_model_input, warn_if_constant_ct
+from .prepare import PreparedSlices
+from .source import SeriesSource
 from .volume import Volume
 from .windows import iter_window_batches
 
-__all__ = ["Answer", "SeriesSource", "Runner", "ModelRunner", "WindowRunner", "VolumeRunner", "BlendRunner",
-           "PreparedSlices", "build_runner"]
+__all__ = ["Answer", "Runner", "ModelRunner", "WindowRunner", "VolumeRunner", "BlendRunner",
+           "build_runner"]
 
 log = logging.getLogger(__name__)
 
@@ -74,50 +66,6 @@ class Answer:
     members_s: dict[str, float] = field(default_factory=dict)  # a blend: seconds per member
     member_probs: dict[str, list[float]] = field(default_factory=dict)  # a blend: each member's answer
     error: str = ""  # a blend: the members that failed (the others answered)
-
-
-class SeriesSource:
-    """One series folder and how to read it; the volume, once read, is kept for the next runner (a blend reads it
-    once).
-
-    Args:
-        path: the series folder.
-        loader: series folder -> Volume (default `inference.load.load_series` with `decode_pool`).
-        decode_pool: the pool that decodes compressed files (default the process-wide one).
-    """
-
-    def __init__(self, path: str | Path, *, loader: Callable[[str], Volume] | None = None,
-                 decode_pool: DecodePool | None = None) -> None:
-        self.path = str(path)
-        self.uid = Path(self.path).name
-        self.loader = loader
-        self.decode_pool = decode_pool
-        self.volume: Volume | None = None
-        self.load_s = 0.0  # seconds spent reading the series (streamed or not)
-
-    @property
-    def can_stream(self) -> bool:
-        """The volume is not read yet and comes from the kit's own loader (which can stream it)."""
-        return self.volume is None and self.loader is None
-
-    def load(self, deadline: float | None) -> Volume:
-        """The whole volume (read now unless read before)."""
-        if self.volume is None:
-            start = time.perf_counter()
-            self.volume = self.loader(self.path) if self.loader is not None else \
-                load_series(self.path, pool=self.decode_pool, deadline=deadline)
-            self.load_s += time.perf_counter() - start
-        return self.volume
-
-    def stream(self, deadline: float | None, first: Callable[[Volume], list[int]]) -> SeriesStream:
-        """Start reading the series in a background thread, the slices `first(skeleton)` before the others."""
-        return stream_series(self.path, pool=self.decode_pool, deadline=deadline, first=first)
-
-    def streamed(self, stream: SeriesStream) -> Volume:
-        """Keep the complete volume of a stream (raises its loading error)."""
-        self.volume = stream.result()
-        self.load_s += stream.seconds
-        return self.volume
 
 
 class Runner(ABC):
@@ -414,47 +362,6 @@ def build_runner(bundle_dir: str | Path, *, providers: list[str] | None = None, 
     if not isinstance(runner, Runner):
         raise ManifestError(f"{bundle_dir}: the runner of kind {manifest.kind} is not a Runner")
     return runner
-
-
-class PreparedSlices:
-    """Prepares the slices of a volume in a background thread, chunk by chunk, into one uint8 stack.
-
-    `wait(n)` blocks until the first n slices are ready, so the model can run on the first windows while the
-    rest are prepared (cv2 and onnxruntime both release the GIL); `source(n)`, when given, blocks until the
-    volume's own first n slices are loaded. The slices are those of `preprocess_volume`: the same
-    `plan_slices` / `prepare_slices` code.
-    """
-
-    CHUNK = 16
-
-    def __init__(self, pixels: np.ndarray, plan: SlicePlan, *,
-                 source: Callable[[int], None] | None = None) -> None:
-        size = plan.geometry.size
-        self.pixels, self.plan, self.source = pixels, plan, source
-        self.stack = np.zeros((pixels.shape[0], size, size), dtype=np.uint8)
-        self._progress = ProgressiveFill("prepare-slices").start(self._work)
-
-    def _work(self, progress: ProgressiveFill) -> None:
-        total = self.pixels.shape[0]
-        for start in range(0, total, self.CHUNK):
-            if progress.stopping:
-                return
-            stop = min(total, start + self.CHUNK)
-            if self.source is not None:
-                self.source(stop)
-            prepare_slices(self.pixels, self.plan, self.stack, start, stop)
-            progress.publish(stop)
-
-    @property
-    def busy_s(self) -> float:
-        """Seconds the preparation ran (final once closed)."""
-        return self._progress.seconds
-
-    def wait(self, count: int) -> None:
-        self._progress.wait(count)
-
-    def close(self) -> None:
-        self._progress.stop()
 
 
 def _check_deadline(deadline: float | None, when: str) -> None:

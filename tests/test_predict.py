@@ -240,13 +240,13 @@ def test_streamed_and_sequential_preprocessing_give_the_same_answer(planted_onnx
 
 
 def test_a_failure_while_preparing_slices_reaches_predict(bundle, tmp_path, monkeypatch, caplog):
-    from inference import runners
+    from inference import prepare
     from inference.volume import Volume
 
     def broken(*args, **kwargs):
         raise RuntimeError("cv2 exploded")
 
-    monkeypatch.setattr(runners, "prepare_slices", broken)
+    monkeypatch.setattr(prepare, "prepare_slices", broken)
     volume = Volume(pixels=np.zeros((40, 32, 32), np.float32), spacing=(1.0, 1.0, 1.0), modality="CT")
     predictor = Predictor(bundle, providers=["CPUExecutionProvider"], loader=lambda _: volume)
     with caplog.at_level(logging.ERROR, logger="inference.predict"):
