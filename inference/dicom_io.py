@@ -21,12 +21,16 @@ from .dicom_pixels import (
     native_frames,
 )
 from .errors import KitError
+from .memory import format_bytes, memory_left
 
 __all__ = [
     "DEFAULT_BACKENDS",
+    "MAX_IMAGE_SIDE",
     "DicomFileError",
+    "DeclaredSizeError",
     "DicomImage",
     "read_dicom",
+    "check_declared_size",
 ]
 
 # "fast" handles plain little-endian monochrome files without functional groups (the common case): a header
@@ -36,6 +40,11 @@ __all__ = [
 # in turn) and words the errors. "dicomsdl" is opt-in only: dicomsdl 0.109.4 crashes the whole interpreter
 # (segmentation fault) on a truncated file, which would cost the series instead of one file.
 DEFAULT_BACKENDS: tuple[str, ...] = ("fast", "pydicom")
+
+# CT and MR matrices are at most 1024 (2048 on ultra-high-resolution CT) a side, radiographs about 4300: a header
+# declaring more is refused before anything is decoded or allocated (65535 x 65535 would be 16 GiB a frame).
+MAX_IMAGE_SIDE = 8192
+_CHECK_MEMORY_FROM = 64 << 20  # files declaring less than this never ask how much memory is left
 
 _UNCOMPRESSED_LE = {uid.ImplicitVRLittleEndian, uid.ExplicitVRLittleEndian}
 _PER_FRAME = "PerFrameFunctionalGroupsSequence"
@@ -48,6 +57,31 @@ class DicomFileError(KitError):
     """One file cannot be used (not DICOM, no pixel data, truncated, undecodable): the loader skips it."""
 
 
+class DeclaredSizeError(DicomFileError):
+    """The header declares an image larger than any scanner writes, or than the memory left: refused unread."""
+
+
+def check_declared_size(rows: int, cols: int, frames: int = 1, bytes_per_pixel: float = 2.0) -> None:
+    """Refuse a declared image size before anything is decoded or allocated.
+
+    Args:
+        rows, cols, frames: what the header declares.
+        bytes_per_pixel: bytes one pixel will cost once read (stored values plus the float32 volume's copy).
+    Raises:
+        DeclaredSizeError: a side over MAX_IMAGE_SIDE, or more bytes than the memory left (when it can be read).
+    """
+    if rows > MAX_IMAGE_SIDE or cols > MAX_IMAGE_SIDE:
+        raise DeclaredSizeError(f"declares {rows} x {cols} pixels, larger than any CT/MR scanner writes "
+                                f"(at most {MAX_IMAGE_SIDE} a side): refused before decoding")
+    needed = float(rows) * cols * max(1, frames) * bytes_per_pixel
+    if needed >= _CHECK_MEMORY_FROM:
+        left = memory_left()
+        if left is not None and needed > left:
+            raise DeclaredSizeError(f"declares {max(1, frames)} frame(s) of {rows} x {cols} pixels "
+                                    f"({format_bytes(needed)} once read), more than the {format_bytes(left)} of "
+                                    "memory left: refused before decoding")
+
+
 @dataclass
 class DicomImage:
     """One file's frames and what the loader needs to place them.
@@ -56,6 +90,8 @@ class DicomImage:
         path: the file read.
         sop_instance_uid: SOPInstanceUID (the file stem when the tag is missing).
         sop_class_uid: SOPClassUID ("" when missing).
+        study_instance_uid, series_instance_uid, frame_of_reference_uid: the identity of the series the file
+            belongs to ("" when missing): a folder can hold more than one series.
         modality: the Modality tag, upper case ("" when missing).
         instance_number: InstanceNumber, or None.
         num_frames, rows, cols: the frame count (found in the pixel data) and the frame size.
@@ -65,7 +101,9 @@ class DicomImage:
         pixel_dtype: the dtype `pixels` has, or will have once decoded.
         positions: (frames, 3) ImagePositionPatient per frame, NaN where unknown.
         orientations: (frames, 6) ImageOrientationPatient per frame, NaN where unknown.
-        slopes, intercepts: (frames,) RescaleSlope / RescaleIntercept per frame (1 and 0 when absent).
+        slopes, intercepts: (frames,) RescaleSlope / RescaleIntercept per frame, NaN where the file does not
+            give one (a zero slope counts as absent): the stack fills them from its other files, else 1 and 0
+            (`inference.stack.choose_stack`).
         pixel_spacing: (frames, 2) PixelSpacing (row spacing, column spacing) in mm, NaN where unknown.
         slice_thickness: SliceThickness, or None.
         spacing_between_slices: SpacingBetweenSlices, or None.
@@ -93,6 +131,9 @@ class DicomImage:
     transfer_syntax: str = ""
     backend: str = ""
     sop_class_uid: str = ""
+    study_instance_uid: str = ""
+    series_instance_uid: str = ""
+    frame_of_reference_uid: str = ""
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -129,6 +170,8 @@ def read_dicom(path: str | Path, *, backends: Sequence[str] = DEFAULT_BACKENDS, 
             continue
         try:
             return reader(path, decode)
+        except DeclaredSizeError as exc:  # the header itself is refused: no other reader may allocate it either
+            raise DeclaredSizeError(f"{path.name}: {exc}") from None
         except _NotApplicable as exc:
             declined.append(f"{name}: {exc}")
         except DicomFileError as exc:
@@ -164,11 +207,13 @@ def _read_fast(path: Path, decode: bool = True) -> DicomImage:
     if (rows <= 0 or cols <= 0 or int(values.get("SamplesPerPixel") or 1) != 1
             or bits_allocated not in (8, 16, 32) or photometric not in ("MONOCHROME1", "MONOCHROME2")):
         raise _NotApplicable("colour, odd bit depth or missing size")
+    check_declared_size(rows, cols)
     n = _declared_frames(values.get("NumberOfFrames"))
     bits_stored = int(values.get("BitsStored") or bits_allocated)
     signed = int(values.get("PixelRepresentation") or 0) == 1
     ts = header.transfer_syntax
     if header.pixel_length >= 0:
+        check_declared_size(rows, cols, n, bits_allocated / 8 + 4)
         frame_bytes = rows * cols * bits_allocated // 8
         if header.pixel_length // frame_bytes != n or header.pixel_offset + header.pixel_length > len(buffer):
             raise _NotApplicable("pixel data length does not match NumberOfFrames (or the file is truncated)")
@@ -178,6 +223,7 @@ def _read_fast(path: Path, decode: bool = True) -> DicomImage:
         encapsulated = buffer[header.pixel_offset:]  # bytes: the items up to the sequence delimiter (and after)
         if count_encapsulated_frames(encapsulated, ts, hint=n) != n:
             raise _NotApplicable("encapsulated frame count does not match NumberOfFrames")
+        check_declared_size(rows, cols, n, bits_allocated / 8 + 4)
         arr = None
         if decode:
             pixel_module = dict(rows=rows, columns=cols, number_of_frames=n, samples_per_pixel=1,
@@ -208,6 +254,7 @@ def _read_pydicom(path: Path, decode: bool = True) -> DicomImage:
     rows, cols = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
     if rows <= 0 or cols <= 0:
         raise DicomFileError("missing or zero Rows/Columns")
+    check_declared_size(rows, cols)
     if not ts:
         implicit, little = ds.original_encoding
         ts = uid.ImplicitVRLittleEndian if implicit else uid.ExplicitVRLittleEndian if little else \
@@ -232,6 +279,7 @@ def _read_pydicom(path: Path, decode: bool = True) -> DicomImage:
         n = len(pixel_data) // frame_bytes
         if n == 0:
             raise DicomFileError(f"truncated pixel data ({len(pixel_data)} bytes, one frame needs {frame_bytes})")
+    check_declared_size(rows, cols, n, spp * bits_allocated / 8 + 4)
     if n != declared:
         notes.append(f"NumberOfFrames {ds.get('NumberOfFrames')!r} -> {n} frames found in the pixel data")
         ds.NumberOfFrames = n
@@ -304,12 +352,14 @@ def _read_dicomsdl(path: Path, decode: bool = True) -> DicomImage:
     rows, cols = int(info["Rows"]), int(info["Cols"])
     if rows <= 0 or cols <= 0:
         raise DicomFileError("missing or zero Rows/Columns")
+    check_declared_size(rows, cols)
     frame_bytes = rows * cols * bits_allocated // 8
     n = int(element.length()) // frame_bytes if element is not None else 0
     declared = _declared_frames(ds.NumberOfFrames)
     if n == 0 or n != declared:
         # frame count inference and truncation notes live in the pydicom reader
         raise _NotApplicable("pixel data length does not match NumberOfFrames")
+    check_declared_size(rows, cols, n, bits_allocated / 8 + 4)
     arr = np.empty((n, rows, cols), dtype=np.dtype(info["dtype"]))
     for f in range(n):
         ds.copyFrameData(f, arr[f])
@@ -371,8 +421,8 @@ def _build_image(path: Path, header: _Header, pixels: np.ndarray | None, shape: 
     get = header.get
     positions = np.full((n, 3), np.nan)
     orientations = np.full((n, 6), np.nan)
-    slopes = np.ones(n)
-    intercepts = np.zeros(n)
+    slopes = np.full(n, np.nan)  # NaN: not given by this file (filled from the stack's other files)
+    intercepts = np.full(n, np.nan)
     spacing = np.full((n, 2), np.nan)
     for f in range(n):
         # a top-level ImagePositionPatient locates frame 0 only (legacy multi-frame files)
@@ -381,14 +431,17 @@ def _build_image(path: Path, header: _Header, pixels: np.ndarray | None, shape: 
         orientations[f] = _floats(header.frame_value(f, "PlaneOrientationSequence", "ImageOrientationPatient"), 6)
         slope = _float(header.frame_value(f, "PixelValueTransformationSequence", "RescaleSlope"))
         intercept = _float(header.frame_value(f, "PixelValueTransformationSequence", "RescaleIntercept"))
-        slopes[f] = 1.0 if slope is None or slope == 0 else slope
-        intercepts[f] = 0.0 if intercept is None else intercept
+        slopes[f] = np.nan if slope is None or slope == 0 else slope
+        intercepts[f] = np.nan if intercept is None else intercept
         spacing[f] = _floats(header.frame_value(f, "PixelMeasuresSequence", "PixelSpacing"), 2)
     instance = get("InstanceNumber")
     return DicomImage(
         path=str(path),
         sop_instance_uid=str(get("SOPInstanceUID") or path.stem),
         sop_class_uid=str(get("SOPClassUID") or "").strip(),
+        study_instance_uid=_uid(get("StudyInstanceUID")),
+        series_instance_uid=_uid(get("SeriesInstanceUID")),
+        frame_of_reference_uid=_uid(get("FrameOfReferenceUID")),
         modality=str(get("Modality") or "").strip().upper(),
         instance_number=None if _float(instance) is None else int(_float(instance)),  # type: ignore[arg-type]
         num_frames=n,
@@ -407,6 +460,10 @@ def _build_image(path: Path, header: _Header, pixels: np.ndarray | None, shape: 
         backend=backend,
         notes=notes,
     )
+
+
+def _uid(value: Any) -> str:
+    return str(value or "").strip(" \0")
 
 
 def _float(value: Any) -> float | None:

@@ -15,8 +15,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Sequence
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,113 +27,18 @@ import polars as pl
 from . import ensemble, gateway, load, normalize  # noqa: F401 - imported now, on the main thread (see above)
 from .budget import RunBudget
 from .config import BudgetConfig
-from .decode_pool import DecodeLimits, DecodePool
+from .decode_pool import DecodePool
 from .labels import LABELS
 from .predict import UNIFORM_PRIOR, Predictor, SeriesReport, probabilities_frame
+from .settings import COMPETITION_DIR_DEFAULT, DEFAULT_BUDGET_S, ENV, KernelConfig
 
 __all__ = ["predict", "main", "KernelConfig", "KernelRuntime", "install_runtime", "import_kaggle_server", "ENV",
-           "COMPETITION_DIR_DEFAULT", "RUN_RECORD_NAME"]
+           "COMPETITION_DIR_DEFAULT", "DEFAULT_BUDGET_S", "RUN_RECORD_NAME", "remove_consumed"]
 
 log = logging.getLogger(__name__)
 
-COMPETITION_DIR_DEFAULT = "/kaggle/input/rsna-intracranial-aneurysm-detection"
 RUN_RECORD_NAME = "gateway_run.json"  # what the kit's local gateway did, for `python -m evaluation`
-
-# Environment variables read by the kernel (all optional; Kaggle's defaults apply when unset).
-ENV = {
-    "competition_dir": "RSNA_COMPETITION_DIR",  # competition data (kaggle_evaluation/, test.csv, series/)
-    "weights_dir": "RSNA_WEIGHTS_DIR",  # manifest.json + ONNX folds; default <bundle>/weights
-    "share_dir": "RSNA_SHARE_DIR",  # the gateway's share folder; default /kaggle/shared on Kaggle, a temp dir off it
-    "output_dir": "RSNA_OUTPUT_DIR",  # where the kit's gateway writes submission.parquet; default the working folder
-    "test_csv": "RSNA_TEST_CSV",  # the test csv; default <competition>/test.csv
-    "series_dir": "RSNA_SERIES_DIR",  # the series folder; default <competition>/series
-    "seed": "RSNA_GATEWAY_SEED",  # the kit's gateway visiting order seed; default time-based, as Kaggle's
-    "providers": "RSNA_PROVIDERS",  # comma-separated onnxruntime providers; default CUDA if usable, else CPU
-    "folds": "RSNA_FOLDS",  # comma-separated fold ids; default all folds of the manifest
-    "gateway": "RSNA_GATEWAY",  # "auto" (Kaggle's when importable), "kaggle" (required) or "local" (the kit's)
-    "budget": "RSNA_CALL_BUDGET_S",  # seconds one series may take before the kernel answers what it has; default 600
-    "decode_workers": "RSNA_DECODE_WORKERS",  # decoding worker processes; default min(4, cores)
-    "decode_timeout": "RSNA_DECODE_TIMEOUT_S",  # seconds a compressed file may take (+ per MB); default 20
-    "decode_memory": "RSNA_DECODE_MEMORY_MB",  # address-space limit of each decoding worker; default 4096
-    "run_hours": "RSNA_RUN_HOURS",  # the whole run's limit for the budget's projection; default the manifest's (12)
-    "expected_series": "RSNA_EXPECTED_SERIES",  # series the run is projected for; default the manifest's (2500)
-}
 RERUN_ENV = gateway.RERUN_ENV
-DEFAULT_BUDGET_S = 600.0  # well under Kaggle's 30 minutes per call
-
-
-def _bundle_root() -> Path:
-    """The folder that holds this `inference` package (the dataset root in a built bundle)."""
-    return Path(__file__).resolve().parent.parent
-
-
-def _csv_list(value: str | None) -> list[str] | None:
-    items = [v.strip() for v in (value or "").split(",") if v.strip()]
-    return items or None
-
-
-@dataclass(frozen=True)
-class KernelConfig:
-    """Every setting the kernel uses, resolved from the environment with Kaggle's defaults."""
-
-    competition_dir: Path
-    weights_dir: Path
-    share_dir: Path | None  # None: Kaggle's default on Kaggle, a fresh temporary folder off it
-    output_dir: Path
-    test_csv: Path
-    series_dir: Path
-    explicit_test_data: bool  # RSNA_TEST_CSV or RSNA_SERIES_DIR was set
-    gateway: str = "auto"
-    seed: int | None = None
-    providers: tuple[str, ...] | None = None
-    folds: tuple[int, ...] | None = None
-    budget_s: float = DEFAULT_BUDGET_S
-    decode: DecodeLimits = DecodeLimits()
-    run_hours: float | None = None  # None: the manifest's budget.run_hours
-    expected_series: int | None = None  # None: the manifest's budget.expected_series
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> KernelConfig:
-        """Read `ENV` (unset or empty variables take the defaults).
-
-        Raises:
-            ValueError: a value that does not parse (a number that is not one, an unknown gateway mode).
-        """
-        env = os.environ if environ is None else environ
-
-        def get(key: str) -> str | None:
-            value = env.get(ENV[key], "").strip()
-            return value or None
-
-        competition = Path(get("competition_dir") or COMPETITION_DIR_DEFAULT)
-        mode = (get("gateway") or "auto").lower()
-        if mode not in ("auto", "kaggle", "local"):
-            raise ValueError(f"{ENV['gateway']} must be auto, kaggle or local, got {mode!r}")
-        folds = _csv_list(get("folds"))
-        providers = _csv_list(get("providers"))
-        defaults = DecodeLimits()
-        decode = DecodeLimits(
-            workers=int(get("decode_workers")) if get("decode_workers") else None,
-            timeout_s=float(get("decode_timeout") or defaults.timeout_s),
-            memory_mb=int(get("decode_memory") or defaults.memory_mb),
-        )
-        return cls(
-            competition_dir=competition,
-            weights_dir=Path(get("weights_dir") or _bundle_root() / "weights"),
-            share_dir=Path(get("share_dir")) if get("share_dir") else None,
-            output_dir=Path(get("output_dir") or Path.cwd()),
-            test_csv=Path(get("test_csv") or competition / "test.csv"),
-            series_dir=Path(get("series_dir") or competition / "series"),
-            explicit_test_data=bool(get("test_csv") or get("series_dir")),
-            gateway=mode,
-            seed=int(get("seed")) if get("seed") else None,
-            providers=tuple(providers) if providers else None,
-            folds=tuple(int(f) for f in folds) if folds else None,
-            budget_s=float(get("budget") or DEFAULT_BUDGET_S),
-            decode=decode,
-            run_hours=float(get("run_hours")) if get("run_hours") else None,
-            expected_series=int(get("expected_series")) if get("expected_series") else None,
-        )
 
 
 class KernelRuntime:
@@ -148,9 +53,16 @@ class KernelRuntime:
         self.pool = DecodePool(config.decode)
         self.predictor = Predictor(config.weights_dir, providers=providers, folds=config.folds,
                                    decode_pool=self.pool, budget_s=config.budget_s)
+        known = {f.fold for f in self.predictor.manifest.folds} if self.predictor.manifest is not None else None
+        if config.folds and known is not None and not set(config.folds) <= known:
+            log.error("!!! setting %s=%s ignored (the manifest has folds %s): using every fold !!!", ENV["folds"],
+                      ",".join(map(str, config.folds)), sorted(known))
+            self.config = config = replace(config, folds=None)
+            self.predictor = Predictor(config.weights_dir, providers=providers, decode_pool=self.pool,
+                                       budget_s=config.budget_s)
         budget = self.predictor.manifest.budget if self.predictor.manifest is not None else BudgetConfig()
-        changes = {k: v for k, v in (("run_hours", config.run_hours), ("expected_series", config.expected_series))
-                   if v is not None}
+        changes: dict[str, Any] = {k: v for k, v in (("run_hours", config.run_hours),
+                                                      ("expected_series", config.expected_series)) if v is not None}
         self.budget = RunBudget(replace(budget, **changes))
         self.reports: dict[str, SeriesReport] = {}
         self._loader: threading.Thread | None = None
@@ -174,45 +86,62 @@ class KernelRuntime:
             log.info("models loaded in %.1f s", time.perf_counter() - t0)
 
     def answer(self, series_path: str) -> pl.DataFrame:
-        """The 1-row answer of one series; then the consumed series is removed from the share folder."""
-        try:
-            probs, report = self.predictor.predict_series(series_path, degradation=self.budget.current)
-            self.reports[report.series_uid] = report
-            self.budget.record(report.total_s)
-            return probabilities_frame(probs)
-        finally:
-            self._remove_consumed(series_path)
-
-    def _remove_consumed(self, series_path: str) -> None:
-        """Delete a consumed series under the share folder (Kaggle's gateway leaves it: the disk would fill up)."""
-        share = self.config.share_dir or gateway.default_share_dir()
-        try:
-            # absolute, not resolved: the shared series folders hold symlinks to the data, never follow them
-            root = Path(os.path.abspath(share)) if share is not None else None
-            path = Path(os.path.abspath(str(series_path)))
-            if root is None or root not in path.parents or not path.is_dir() or path.is_symlink():
-                return
-            try:
-                shutil.rmtree(path)
-            except PermissionError:  # an unreadable folder: make it ours first
-                os.chmod(path, 0o700)
-                shutil.rmtree(path)
-        except Exception as exc:  # noqa: BLE001 - cleanup never costs the answer
-            log.warning("could not remove consumed series %s: %s", series_path, exc)
+        """The 1-row answer of one series (`predict` removes the consumed series afterwards, whatever happened)."""
+        probs, report = self.predictor.predict_series(series_path, degradation=self.budget.current)
+        self.reports[report.series_uid] = report
+        self.budget.record(report.total_s)
+        return probabilities_frame(probs)
 
     def close(self) -> None:
         self.pool.close()
 
 
+def remove_consumed(series_path: str, share_dir: str | Path | None) -> None:
+    """Delete a consumed series folder under the share folder (Kaggle's gateway leaves it: the disk would fill up).
+
+    Only a real folder strictly inside `share_dir` (default: Kaggle's /kaggle/shared/ on Kaggle) is removed, never
+    a symlink or what a symlink points to. Never raises.
+    """
+    try:
+        share = share_dir if share_dir is not None else gateway.default_share_dir()
+        # absolute, not resolved: the shared series folders hold symlinks to the data, never follow them
+        root = Path(os.path.abspath(share)) if share is not None else None
+        path = Path(os.path.abspath(str(series_path)))
+        if root is None or root not in path.parents or not path.is_dir() or path.is_symlink():
+            return
+        try:
+            shutil.rmtree(path)
+        except PermissionError:  # an unreadable folder: make it ours first
+            os.chmod(path, 0o700)
+            shutil.rmtree(path)
+    except Exception as exc:  # noqa: BLE001 - cleanup never costs the answer
+        log.warning("could not remove consumed series %s: %s", series_path, exc)
+
+
 _RUNTIME: KernelRuntime | None = None
 _RUNTIME_LOCK = threading.Lock()
+_CONFIG: KernelConfig | None = None  # the settings, read from the environment once
+
+
+def _settings(*, fresh: bool = False) -> KernelConfig:
+    """The kernel's settings: the environment is read (and checked) on the first call only (or when `fresh`)."""
+    global _CONFIG
+    if _CONFIG is None or fresh:
+        try:
+            _CONFIG = KernelConfig.from_env()
+        except Exception as exc:  # noqa: BLE001 - never expected (bad values fall back); then every default
+            log.error("!!! the settings could not be read (%s: %s): every default used !!!", type(exc).__name__, exc)
+            _CONFIG = KernelConfig.defaults()
+    return _CONFIG
 
 
 def install_runtime(config: KernelConfig | None = None) -> KernelRuntime:
     """Build and start the runtime `predict` answers with (from the environment when `config` is None)."""
-    global _RUNTIME
+    global _RUNTIME, _CONFIG
     with _RUNTIME_LOCK:
-        config = config or KernelConfig.from_env()
+        if config is not None:
+            _CONFIG = config
+        config = _settings()
         providers = list(config.providers) if config.providers else _safe_providers()
         _RUNTIME = KernelRuntime(config, providers=providers).start()
         return _RUNTIME
@@ -243,6 +172,9 @@ def predict(series_path: str) -> pl.DataFrame:
             return probabilities_frame(priors if priors is not None else [UNIFORM_PRIOR] * len(LABELS))
         except Exception:  # noqa: BLE001
             return probabilities_frame([UNIFORM_PRIOR] * len(LABELS))
+    finally:  # whatever failed above (the runtime itself included), the consumed series leaves the disk
+        config = _RUNTIME.config if _RUNTIME is not None else _CONFIG
+        remove_consumed(series_path, config.share_dir if config is not None else None)
 
 
 def import_kaggle_server(competition_dir: str | Path) -> type | None:
@@ -280,11 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=args.log_level.upper(), stream=sys.stdout,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        config = KernelConfig.from_env()
-    except ValueError as exc:
-        log.error("kernel: %s", exc)
-        return 2
+    config = _settings(fresh=True)  # a bad value is logged loudly and its default used: never a reason to stop
     log.info("kernel: inference package %s, weights %s, competition data %s, budget %.0f s per series",
              Path(__file__).resolve().parent, config.weights_dir, config.competition_dir, config.budget_s)
     install_runtime(config)
@@ -292,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if server_cls is None and config.gateway == "kaggle":
         log.error("%s=kaggle but kaggle_evaluation cannot be imported from %s", ENV["gateway"], config.competition_dir)
         return 2
-    rerun = bool(os.environ.get(RERUN_ENV))
+    rerun = config.rerun
     if server_cls is None and rerun:
         log.error("%s is set but kaggle_evaluation is missing from %s: cannot serve the scoring run",
                   RERUN_ENV, config.competition_dir)

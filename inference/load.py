@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .decode_pool import DecodeJob, DecodePool, pool_available, shared_pool
+from .decode_pool import DecodeJob, DecodePool, pool_missing_reason, shared_pool
 from .dicom_io import DEFAULT_BACKENDS, DicomFileError, DicomImage, read_dicom
 from .errors import SeriesLoadError
 from .fill import ProgressiveFill
@@ -140,7 +140,8 @@ def plan_series(folder: str | Path, *, backends: Sequence[str] = DEFAULT_BACKEND
         except Exception as exc:  # noqa: BLE001 - one bad file costs that file only
             failures.append((str(path), str(exc) if isinstance(exc, DicomFileError) else
                              f"{path.name}: {type(exc).__name__}: {exc}"))
-    return SeriesPlan(folder=folder, files=len(paths), images=images, failures=failures, stack=choose_stack(images))
+    return SeriesPlan(folder=folder, files=len(paths), images=images, failures=failures,
+                      stack=choose_stack(images, series_uid=folder.name))
 
 
 # ----------------------------------------------------------------------------------------------- the stream
@@ -158,9 +159,9 @@ class SeriesStream:
     def __init__(self, plan: SeriesPlan, *, pool: DecodePool | None = None, in_process: bool = False,
                  backends: Sequence[str] = DEFAULT_BACKENDS, deadline: float | None = None,
                  first: First = ()) -> None:
-        if not in_process and pool_available():
+        if not in_process and pool_missing_reason():
             LOGGER.warning("!!! compressed files are decoded in-process, without isolation: %s !!!",
-                           pool_available())
+                           pool_missing_reason())
             in_process = True
         if not plan.images:
             reasons = "; ".join(f"skipped {reason}" for _, reason in plan.failures)
@@ -280,7 +281,7 @@ class SeriesStream:
         if not survivors:
             raise SeriesLoadError(f"series folder {plan.folder}: no usable image in {plan.files} file(s): "
                                   + "; ".join(f"skipped {reason}" for _, reason in failures))
-        stack = choose_stack(survivors)
+        stack = choose_stack(survivors, series_uid=plan.folder.name)
         self.volume, _ = _skeleton(plan.folder, survivors, stack)
         _fill_all(self.volume, survivors, stack)
         return stack
@@ -414,7 +415,8 @@ def _guess_modality(images: list[DicomImage], pixels: np.ndarray, series: str) -
     tags = Counter(im.modality for im in images if im.modality)
     tag = tags.most_common(1)[0][0] if tags else ""
     # Hounsfield data: an air-level intercept or air-level voxels; MR intensities are never far below zero
-    hounsfield = min(float(im.intercepts.min()) for im in images) <= -500 or float(pixels.min()) < -500
+    lowest = min(float(np.nanmin(im.intercepts, initial=0.0)) for im in images)  # NaN: not given by the file
+    hounsfield = lowest <= -500 or float(pixels.min()) < -500
     guess = "CT" if hounsfield else "MR"
     LOGGER.warning("%s: Modality %r is neither CT nor MR; guessed %s from the intensities", series, tag, guess)
     return guess

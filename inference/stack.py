@@ -10,10 +10,13 @@ import numpy as np
 from pydicom import uid
 
 from .dicom_io import DicomImage
+from .errors import SeriesLoadError
+from .memory import format_bytes, memory_left
 
 __all__ = ["FrameTable", "Stack", "choose_stack", "pixel_spacing", "fallback_slice_spacing", "MIN_IMAGE_SIDE"]
 
 _DUPLICATE_MM = 1e-3  # slices closer than this along the normal share one position
+_STACK_CHECK_FROM = 256 << 20  # stacks needing less than this never ask how much memory is left
 MIN_IMAGE_SIDE = 64  # frames smaller than this (dose grids, thumbnails) never outvote the image stack
 _IMAGE_MODALITIES = frozenset({"CT", "MR", ""})  # the competition's test files say CT or MR; "" when stripped
 _IMAGE_SOP_CLASSES = frozenset({
@@ -32,12 +35,14 @@ class FrameTable:
     shapes: list[tuple[int, int]]
     positions: np.ndarray  # (N, 3)
     orientations: np.ndarray  # (N, 6), NaN where missing or unusable
-    slopes: np.ndarray
+    slopes: np.ndarray  # NaN where the file gives none, until choose_stack fills them
     intercepts: np.ndarray
     spacing: np.ndarray  # (N, 2)
     instance: np.ndarray  # (N,) InstanceNumber, inf when missing
     name: list[str]
     image_object: np.ndarray  # (N,) bool: a CT/MR image SOP class and modality (not a dose grid, not a report)
+    series: np.ndarray  # (N,) str SeriesInstanceUID ("" when missing)
+    frame_of_reference: np.ndarray  # (N,) str FrameOfReferenceUID ("" when missing)
 
     @classmethod
     def build(cls, images: list[DicomImage]) -> FrameTable:
@@ -58,6 +63,9 @@ class FrameTable:
             ),
             name=[Path(im.path).name for im in images for _ in range(im.num_frames)],
             image_object=np.repeat([_is_image_object(im) for im in images], counts).astype(bool),
+            series=np.repeat(np.array([im.series_instance_uid for im in images], dtype=object), counts),
+            frame_of_reference=np.repeat(np.array([im.frame_of_reference_uid for im in images], dtype=object),
+                                         counts),
         )
 
 
@@ -91,22 +99,38 @@ class Stack:
     notes: list[str]
 
 
-def choose_stack(images: list[DicomImage]) -> Stack:
-    """The image stack of these headers: the frames kept (see `_select_frames`), sorted (see `_order_frames`)."""
+def choose_stack(images: list[DicomImage], *, series_uid: str | None = None) -> Stack:
+    """The image stack of these headers: the frames kept (see `_select_frames`), sorted (see `_order_frames`).
+
+    Args:
+        images: every readable file's header.
+        series_uid: the SeriesInstanceUID the folder is named after (Kaggle names each series folder so): when
+            the folder holds several series, that one wins (see `_select_frames`).
+    Returns:
+        The Stack; its FrameTable's slopes and intercepts are filled (see `_fill_rescale`).
+    Raises:
+        SeriesLoadError: the stack's volume would need more memory than is left.
+    """
     frames = FrameTable.build(images)
     if not images:
         return Stack(frames, np.zeros(0, np.int64), None, None, [])
-    keep, notes = _select_frames(frames)
+    keep, notes = _select_frames(frames, series_uid=series_uid)
     order, slice_spacing, orientation, more = _order_frames(frames, keep)
+    more += _fill_rescale(frames, order)
+    _check_stack_memory(frames, order)
     return Stack(frames, order, orientation, slice_spacing, notes + more)
 
 
-def _select_frames(frames: FrameTable) -> tuple[np.ndarray, list[str]]:
-    """CT/MR image frames first, then the majority image size, then the majority orientation.
+def _select_frames(frames: FrameTable, *, series_uid: str | None = None) -> tuple[np.ndarray, list[str]]:
+    """CT/MR image frames first, then one series (the folder's own, else the largest), then the majority image
+    size, then the majority orientation.
 
     Frames of non-image objects (dose grids, other SOP classes or modalities) and tiny frames are used only when
-    nothing else is there. A frame without a usable orientation stays when its size fits the stack (it is
-    placed by its position along the stack's normal).
+    nothing else is there. When the frames carry more than one SeriesInstanceUID (then FrameOfReferenceUID), each
+    group's stack is chosen on its own (majority size, then orientation) and one group wins: the series named
+    `series_uid` when it is there, else the group whose stack keeps the most frames; frames without the tag join
+    every group. A frame without a usable orientation stays when its size fits the stack (it is placed by its
+    position along the stack's normal).
     """
     notes: list[str] = []
     large = np.array([min(shape) >= MIN_IMAGE_SIDE for shape in frames.shapes], dtype=bool)
@@ -118,6 +142,63 @@ def _select_frames(frames: FrameTable) -> tuple[np.ndarray, list[str]]:
     if not keep.all():
         notes.append(f"dropped {int((~keep).sum())} frames of non-image objects (another SOP class or modality) "
                      f"or under {MIN_IMAGE_SIDE} pixels")
+    groups = _identity_groups(frames, keep)
+    if len(groups) == 1:
+        chosen, more = _select_in_group(frames, keep)
+        return chosen, notes + more
+    picks = [(label, mask, *_select_in_group(frames, mask)) for label, mask in groups]
+    named = [series_uid is not None and bool(series_uid) and label[0] == series_uid for label, *_ in picks]
+    best = max(range(len(picks)), key=lambda g: (named[g], len(picks[g][2]), -g))
+    label, mask, chosen, more = picks[best]
+    why = "the folder's own series" if named[best] else "the most frames"
+    for g, (other, other_mask, other_chosen, _) in enumerate(picks):
+        if g == best:
+            continue
+        lost = int((other_mask & ~mask).sum())
+        if lost:
+            level, tag = _level(other, label)
+            notes.append(f"dropped {lost} frames of another {level} in the folder ({tag} {_text(other, tag)}: "
+                         f"{len(other_chosen)} frames in its stack); kept {tag} {_text(label, tag)} "
+                         f"({len(chosen)} frames: {why})")
+    return chosen, notes + more
+
+
+def _identity_groups(frames: FrameTable, keep: np.ndarray) -> list[tuple[tuple[str, str], np.ndarray]]:
+    """The kept frames split by SeriesInstanceUID, then FrameOfReferenceUID: ((series, frame of reference), mask).
+
+    A frame that lacks a tag joins every group of that level (it cannot say which it belongs to). One group
+    (labelled ("", "")) when the tags do not separate anything.
+    """
+    groups: list[tuple[tuple[str, str], np.ndarray]] = []
+    for series, series_mask in _split(frames.series, keep):
+        for reference, mask in _split(frames.frame_of_reference, series_mask):
+            groups.append(((series, reference), mask))
+    return groups
+
+
+def _split(values: np.ndarray, keep: np.ndarray) -> list[tuple[str, np.ndarray]]:
+    """`keep` split by the distinct non-empty values among its frames; empty values join every part."""
+    known = sorted({str(v) for v in values[keep] if v})
+    if len(known) <= 1:
+        return [(known[0] if known else "", keep)]
+    blank = keep & (values == "")
+    return [(value, keep & ((values == value) | blank)) for value in known]
+
+
+def _level(label: tuple[str, str], other: tuple[str, str]) -> tuple[str, str]:
+    """The level at which two groups differ: ('series', 'SeriesInstanceUID') or the frame of reference's."""
+    return ("series", "SeriesInstanceUID") if label[0] != other[0] else \
+        ("frame of reference", "FrameOfReferenceUID")
+
+
+def _text(label: tuple[str, str], tag: str) -> str:
+    value = label[0] if tag == "SeriesInstanceUID" else label[1]
+    return value or "(missing)"
+
+
+def _select_in_group(frames: FrameTable, keep: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """The majority image size among `keep`, then the majority orientation (see `_select_frames`)."""
+    notes: list[str] = []
     sizes = Counter(s for s, k in zip(frames.shapes, keep) if k)
     size = max(sizes, key=lambda s: (sizes[s], s[0] * s[1]))
     fits = np.array([s == size for s in frames.shapes]) & keep
@@ -142,6 +223,43 @@ def _select_frames(frames: FrameTable) -> tuple[np.ndarray, list[str]]:
                          "their position along the stack's normal")
         keep = close | placeable
     return np.flatnonzero(keep), notes
+
+
+def _fill_rescale(frames: FrameTable, order: np.ndarray) -> list[str]:
+    """Fill the RescaleSlope/Intercept that files do not give, in place; returns notes.
+
+    A stack frame without one takes the majority value of the stack's frames that have it (a CT stored with
+    intercept -1024 whose tag is missing on some files would otherwise come out 1024 HU too high on those
+    slices); when no frame of the stack has it, 1 and 0 (pydicom's rule, the modality LUT's identity).
+    """
+    notes: list[str] = []
+    for values, name, default in ((frames.slopes, "RescaleSlope", 1.0), (frames.intercepts, "RescaleIntercept", 0.0)):
+        chosen = values[order]
+        missing = ~np.isfinite(chosen)
+        if missing.any() and not missing.all():
+            given, counts = np.unique(chosen[~missing], return_counts=True)
+            value = float(given[np.argmax(counts)])
+            values[order[missing]] = value
+            notes.append(f"{name} missing on {int(missing.sum())} of {len(order)} frames: took the value "
+                         f"{value:g} of {int(counts.max())} of the stack's {int((~missing).sum())} frames that "
+                         "give one")
+        values[~np.isfinite(values)] = default
+    return notes
+
+
+def _check_stack_memory(frames: FrameTable, order: np.ndarray) -> None:
+    """Refuse a stack whose float32 volume (plus the decoded stored values) would not fit in the memory left."""
+    if not len(order):
+        return
+    rows, cols = frames.shapes[order[0]]
+    needed = float(len(order)) * rows * cols * 6  # float32 volume + 16-bit stored values while it fills
+    if needed < _STACK_CHECK_FROM:
+        return
+    left = memory_left()
+    if left is not None and needed > left:
+        raise SeriesLoadError(f"the image stack ({len(order)} frames of {rows} x {cols}) needs "
+                              f"{format_bytes(needed)}, more than the {format_bytes(left)} of memory left: refused "
+                              "before decoding")
 
 
 def _order_frames(frames: FrameTable, keep: np.ndarray

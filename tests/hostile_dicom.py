@@ -21,6 +21,10 @@ zero_orientation           None         every file: ImageOrientationPatient = 0,
 collinear_orientation      None         every file: ImageOrientationPatient column vector = row vector
 identical_positions        None         every file: the first file's ImagePositionPatient
 missing_orientation        None         ImageOrientationPatient removed from every second file from the slot
+declared_65535             jpegls       the header declares Rows = Columns = 65535 (656 GiB for the volume)
+second_series              None         a second series (other UIDs, same size) between the first's slices
+second_series_same_pos     None         a second series (other UIDs, same size) at the first's positions
+rescale_missing            None         RescaleSlope/Intercept removed from every second file from the slot
 =========================  ===========  =================================================================
 
 Main entry point::
@@ -37,8 +41,8 @@ slot ``(n_good + 1) // 2``) into the hostile file. Geometry cases rewrite the wh
 
 Lower-level tools, for new cases: ``patch_jpegls_sof55``, ``patch_jpeg2000_siz`` (edit marker-segment fields of the
 codestream inside the first encapsulated fragment; fragment and item lengths never change),
-``truncate_pixel_data``, ``write_rtdose`` and the folder rewrites ``zero_orientation``, ``collinear_orientation``,
-``identical_positions``, ``drop_orientation``.
+``truncate_pixel_data``, ``declare_size``, ``write_rtdose`` and the folder rewrites ``zero_orientation``,
+``collinear_orientation``, ``identical_positions``, ``drop_orientation``, ``drop_rescale``, ``add_second_series``.
 
 Decoding a codestream case can kill the process (SIGSEGV / SIGABRT) or eat memory: tests must decode them in a
 subprocess (or a worker that the code under test is allowed to lose) with a timeout and a memory cap. The
@@ -70,6 +74,7 @@ __all__ = [
     "RTDOSE_SOP_CLASS",
     "write_hostile_series",
     "write_hostile_file",
+    "write_valid_series",
     "hostile_acquisition",
     # codestream / file corruption (in place, on a valid file)
     "patch_jpegls_sof55",
@@ -81,12 +86,15 @@ __all__ = [
     "jpeg2000_ssiz_255",
     "truncate_file",
     "zero_byte_file",
+    "declare_size",
     "write_rtdose",
     # geometry rewrites of a series folder
     "zero_orientation",
     "collinear_orientation",
     "identical_positions",
     "drop_orientation",
+    "drop_rescale",
+    "add_second_series",
 ]
 
 Position = Literal["first", "middle"]
@@ -246,6 +254,19 @@ def truncate_file(path: Path) -> Path:
     return truncate_pixel_data(path, fraction=0.5)
 
 
+def declare_size(path: Path, rows: int = 65535, cols: int = 65535) -> Path:
+    """Rewrite the header's Rows and Columns (the pixel data is kept as it is), in place."""
+    ds = pydicom.dcmread(path)
+    ds.Rows, ds.Columns = rows, cols
+    ds.save_as(path, enforce_file_format=True)
+    return Path(path)
+
+
+def declared_65535(path: Path) -> Path:
+    """Declare Rows = Columns = 65535 in the header of a valid compressed file (the volume would need 656 GiB)."""
+    return declare_size(path, 65535, 65535)
+
+
 def zero_byte_file(path: Path) -> Path:
     """Replace a file by an empty (0 byte) file of the same name."""
     Path(path).write_bytes(b"")
@@ -385,6 +406,46 @@ def drop_orientation(folder: Path, *, start: int = 0, every: int = 2) -> list[Pa
     return _rewrite(_dcm_files(folder)[start::every], edit)
 
 
+def drop_rescale(folder: Path, *, start: int = 0, every: int = 2) -> list[Path]:
+    """Remove RescaleSlope, RescaleIntercept and RescaleType (top level and functional groups) from
+    files[start::every] of a folder (the others keep theirs: a phantom CT's intercept is -1024)."""
+
+    def edit(ds: Dataset) -> None:
+        for keyword in ("RescaleSlope", "RescaleIntercept", "RescaleType"):
+            for holder in list(_holders(ds, keyword, "PixelValueTransformationSequence")):
+                delattr(holder, keyword)
+
+    return _rewrite(_dcm_files(folder)[start::every], edit)
+
+
+def add_second_series(folder: Path, *, like: SeriesSpec, num_slices: int, shift_mm: float, seed: int = 1
+                      ) -> list[Path]:
+    """Write another phantom series into a series folder: other Study/Series/FrameOfReference/SOP UIDs, the same
+    grid as `like` (size, spacing, orientation, compression), its slices shifted by `shift_mm` along the normal
+    (half the slice spacing: between the first series' slices; 0: at the same positions).
+
+    Returns:
+        The files written, named ``zz-<SOPInstanceUID>.dcm`` (after the first series' files).
+    """
+    acq = like.acquisition
+    centre = tuple(float(v) for v in np.asarray(acq.centre) + shift_mm * np.asarray(acq.normal))
+    grid = Acquisition(plane=acq.plane, rows=acq.rows, cols=acq.cols, num_slices=num_slices,
+                       pixel_spacing=acq.pixel_spacing, slice_spacing=acq.slice_spacing, centre=centre,
+                       compression=acq.compression)
+    spec = series_spec(seed, modality=like.modality, acquisition=grid)
+    if spec.series_uid == like.series_uid:
+        raise ValueError("the second series needs another seed: its UID equals the first one's")
+    staging = Path(folder) / ".second"
+    write_series(spec, staging)
+    out = []
+    for uid in spec.sop_instance_uids():
+        target = Path(folder) / f"zz-{uid}.dcm"
+        (staging / f"{uid}.dcm").rename(target)
+        out.append(target)
+    staging.rmdir()
+    return out
+
+
 # ------------------------------------------------------------------------------------------ registry and series
 
 
@@ -396,14 +457,15 @@ class HostileCase:
         name: the registry key.
         compression: the phantom compression of the good slices and of the hostile file before corruption.
         corrupt: file cases: turns the valid file at the slot into the hostile file, in place.
-        rewrite: geometry cases: rewrites the series folder, given the slot; returns the files it changed.
+        rewrite: series cases: rewrites the series folder, given the slot and the valid series' spec; returns
+            the files it changed or added.
         summary: one line.
     """
 
     name: str
     compression: str | None
     corrupt: Callable[[Path], Path] | None = None
-    rewrite: Callable[[Path, int], list[Path]] | None = None
+    rewrite: Callable[[Path, int, SeriesSpec], list[Path]] | None = None
     summary: str = ""
 
 
@@ -411,7 +473,7 @@ def _file_case(name: str, compression: str | None, corrupt: Callable[[Path], Pat
     return HostileCase(name, compression, corrupt=corrupt, summary=(corrupt.__doc__ or "").splitlines()[0])
 
 
-def _series_case(name: str, rewrite: Callable[[Path, int], list[Path]], summary: str) -> HostileCase:
+def _series_case(name: str, rewrite: Callable[[Path, int, SeriesSpec], list[Path]], summary: str) -> HostileCase:
     return HostileCase(name, None, rewrite=rewrite, summary=summary)
 
 
@@ -425,14 +487,24 @@ HOSTILE_CASES: dict[str, HostileCase] = {case.name: case for case in (
     _file_case("truncated_jpeg2000", "jpeg2000", truncate_file),
     _file_case("zero_byte", None, zero_byte_file),
     _file_case("rtdose_intruder", None, _rtdose_in_place),
-    _series_case("zero_orientation", lambda folder, slot: zero_orientation(folder),
+    _series_case("zero_orientation", lambda folder, slot, spec: zero_orientation(folder),
                  "ImageOrientationPatient all zeros in every file"),
-    _series_case("collinear_orientation", lambda folder, slot: collinear_orientation(folder),
+    _series_case("collinear_orientation", lambda folder, slot, spec: collinear_orientation(folder),
                  "ImageOrientationPatient row vector == column vector in every file"),
-    _series_case("identical_positions", lambda folder, slot: identical_positions(folder),
+    _series_case("identical_positions", lambda folder, slot, spec: identical_positions(folder),
                  "every file has the same ImagePositionPatient"),
-    _series_case("missing_orientation", lambda folder, slot: drop_orientation(folder, start=slot),
+    _series_case("missing_orientation", lambda folder, slot, spec: drop_orientation(folder, start=slot),
                  "ImageOrientationPatient removed from every second file, from the slot on"),
+    _file_case("declared_65535", "jpegls", declared_65535),
+    _series_case("second_series", lambda folder, slot, spec: add_second_series(
+        folder, like=spec, num_slices=max(1, spec.acquisition.num_slices - 2),
+        shift_mm=spec.acquisition.slice_spacing / 2, seed=spec.seed + 1),
+        "a second series (other UIDs, same size, 2 slices fewer) between the first one's slices"),
+    _series_case("second_series_same_pos", lambda folder, slot, spec: add_second_series(
+        folder, like=spec, num_slices=spec.acquisition.num_slices, shift_mm=0.0, seed=spec.seed + 1),
+        "a second series (other UIDs, same size, as many slices) at the first one's positions"),
+    _series_case("rescale_missing", lambda folder, slot, spec: drop_rescale(folder, start=slot),
+                 "RescaleSlope/Intercept removed from every second file, from the slot on"),
 )}
 
 
@@ -484,23 +556,35 @@ def write_hostile_series(name: str, folder: Path, *, position: Position = "first
     total = n_good + 1
     if case.rewrite is not None and total < 2:
         raise ValueError(f"{name} rewrites a series: n_good must be >= 1")
+    spec, files = write_valid_series(folder, total, size=size, seed=seed, modality=modality,
+                                     compression=case.compression)
+    slot = 0 if position == "first" else total // 2
+    if case.corrupt is not None:
+        bad = [case.corrupt(files[slot])]
+    else:
+        assert case.rewrite is not None
+        bad = case.rewrite(folder, slot, spec)
+    return HostileSeries(folder=folder, files=files, bad=bad, slot=slot, spec=spec)
+
+
+def write_valid_series(folder: Path, num_slices: int, *, size: int = 32, seed: int = 0, modality: str = "CTA",
+                       compression: str | None = None) -> tuple[SeriesSpec, list[Path]]:
+    """Write a valid phantom series (`hostile_acquisition`) named ``NNNN-<SOPInstanceUID>.dcm``.
+
+    Its SeriesInstanceUID is the folder's name when that is a valid UID (digits and dots, as on Kaggle), else
+    derived from `seed`. Returns the spec and the files, in name = InstanceNumber = position order.
+    """
     folder = Path(folder)
     is_uid = bool(folder.name) and all(ch.isdigit() or ch == "." for ch in folder.name)
     spec = series_spec(seed, modality=modality, series_uid=folder.name if is_uid else None,
-                       acquisition=hostile_acquisition(total, size=size, compression=case.compression))
+                       acquisition=hostile_acquisition(num_slices, size=size, compression=compression))
     write_series(spec, folder)
     files = []
     for k, uid in enumerate(spec.sop_instance_uids()):  # file order k = InstanceNumber k + 1 = rising position
         target = folder / f"{k:04d}-{uid}.dcm"
         (folder / f"{uid}.dcm").rename(target)
         files.append(target)
-    slot = 0 if position == "first" else total // 2
-    if case.corrupt is not None:
-        bad = [case.corrupt(files[slot])]
-    else:
-        assert case.rewrite is not None
-        bad = case.rewrite(folder, slot)
-    return HostileSeries(folder=folder, files=files, bad=bad, slot=slot, spec=spec)
+    return spec, files
 
 
 def write_hostile_file(name: str, folder: Path, *, size: int = 32, seed: int = 0, modality: str = "CTA") -> Path:

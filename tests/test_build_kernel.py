@@ -429,4 +429,5 @@ def test_kernel_config_defaults_to_kaggle_and_follows_the_environment(tmp_path):
     assert custom.budget_s == 42.0 and custom.folds == (0, 2) and custom.seed == 7
     assert custom.decode.timeout_s == 5.0 and custom.decode.memory_mb == 1024
     with pytest.raises(ValueError, match="auto, kaggle or local"):
-        KernelConfig.from_env({"RSNA_GATEWAY": "remote"})
+        KernelConfig.from_env({"RSNA_GATEWAY": "remote"}, strict=True)
+    assert KernelConfig.from_env({"RSNA_GATEWAY": "remote"}).gateway == "auto"  # a typo falls back, loudly
