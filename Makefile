@@ -1,4 +1,5 @@
-# make test: create .venv, install requirements.txt, lint (ruff), run the test suite (pytest).
+# make test: create .venv, install requirements.txt, lint (ruff), type-check inference/ and bundle/ (mypy), run the
+# test suite (pytest).
 # make demo: the whole chain on a synthetic phantom dataset (train -> export -> bundle -> local gateway -> score).
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
@@ -6,7 +7,7 @@ PY := $(VENV)/bin/python
 DEMO_DIR ?= runs/demo
 PYTEST_ARGS ?=
 
-.PHONY: venv lint test demo bench clean
+.PHONY: venv lint typecheck test demo bench clean
 
 venv: $(VENV)/.installed
 
@@ -19,7 +20,10 @@ $(VENV)/.installed: requirements.txt requirements-kernel.txt
 lint: venv
 	$(VENV)/bin/ruff check .
 
-test: lint
+typecheck: venv
+	$(VENV)/bin/mypy
+
+test: lint typecheck
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
 demo: venv

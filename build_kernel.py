@@ -74,6 +74,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                              "run passes its margin (default tta_off,stride_2,half_folds; 'none': never)")
     parser.add_argument("--expected-series", type=int, default=None,
                         help="series the run budget projects for (default 2500, about the hidden test set)")
+    parser.add_argument("--degrade-after", type=int, default=None,
+                        help="series finished at a level before the run budget may change it (default 5: one slow "
+                             "series is no evidence)")
     parser.add_argument("--folds", type=_fold_list, default=None, help="bundle only these folds, e.g. 0,1")
     parser.add_argument("--log-level", default="INFO")
     return parser.parse_args(argv)
@@ -96,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         batch_size=args.batch_size, stride=args.stride, folds=args.folds, gpu_batch_size=args.gpu_batch_size,
         degrade_steps=None if args.degrade is None else tuple(
             s.strip() for s in args.degrade.split(",") if s.strip() and args.degrade.strip() != "none"),
-        expected_series=args.expected_series,
+        expected_series=args.expected_series, min_series=args.degrade_after,
     )
     try:
         result = build(options)

@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 from evaluation.metric import score_predictions  # noqa: E402
 from inference.aggregate import aggregate_windows  # noqa: E402
 from inference.config import AggregationConfig  # noqa: E402
-from inference.predict import Predictor, SeriesReport  # noqa: E402
+from inference.predict import Predictor  # noqa: E402
 from training.data import read_train_table, series_folder  # noqa: E402
 from training.oof import predict_windows  # noqa: E402
 from training.stacking import SeriesWindows, fit_aggregator, stacking_report  # noqa: E402
@@ -99,8 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     labels = dict(zip(held_out.uids, held_out.labels))
     start = time.perf_counter()
     for uid, truth_row in labels.items():
-        report = SeriesReport(series_uid=uid)
-        windows = predictor.window_probabilities(test / "series" / uid, report=report)
+        windows, report = predictor.window_answer(test / "series" / uid)
         truth.append(truth_row)
         answers["max"].append(aggregate_windows(windows, AggregationConfig(method="max")))
         answers["topk_mean"].append(aggregate_windows(windows, AggregationConfig(

@@ -9,6 +9,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from inference.blend import Blend
 from inference.errors import ManifestError
@@ -40,6 +41,11 @@ class BuildResult:
     sizes: list[tuple[str, int, int]] = field(default_factory=list)  # (part, files, bytes)
 
 
+def _given(**values: Any) -> dict[str, Any]:
+    """The options that were set (None keeps the manifest's value)."""
+    return {name: value for name, value in values.items() if value is not None}
+
+
 def _adjusted_manifest(manifest: Manifest, options: BuildOptions) -> Manifest:
     """Apply the TTA, aggregation, batch, stride, fold and budget options as config fields (the ONNX files and
     hashes stay).
@@ -47,22 +53,14 @@ def _adjusted_manifest(manifest: Manifest, options: BuildOptions) -> Manifest:
     Raises:
         BuildError: `--aggregation learned` for weights without a usable learned aggregator.
     """
-    windows = manifest.windows
-    if options.batch_size is not None:
-        windows = dataclasses.replace(windows, batch_size=options.batch_size)
-    if options.stride is not None:
-        windows = dataclasses.replace(windows, stride=options.stride)
-    if options.gpu_batch_size is not None:
-        windows = dataclasses.replace(windows, gpu_batch_size=options.gpu_batch_size)
-    budget = manifest.budget
-    if options.degrade_steps is not None:
-        budget = dataclasses.replace(budget, degrade_steps=options.degrade_steps)
-    if options.expected_series is not None:
-        budget = dataclasses.replace(budget, expected_series=options.expected_series)
+    windows = dataclasses.replace(manifest.windows, **_given(
+        batch_size=options.batch_size, stride=options.stride, gpu_batch_size=options.gpu_batch_size))
+    budget = dataclasses.replace(manifest.budget, **_given(
+        degrade_steps=options.degrade_steps, expected_series=options.expected_series, min_series=options.min_series))
     aggregation = manifest.aggregation
     if options.tta is not None:
         aggregation = dataclasses.replace(aggregation, tta_flip=options.tta)
-    if options.aggregation is not None and manifest.kind == "window25d":  # a volume model answers per series
+    if options.aggregation is not None and manifest.kind_spec.windowed:  # a volume model answers per series
         aggregation = dataclasses.replace(aggregation, method=options.aggregation)
     folds = manifest.folds
     if options.folds is not None:
@@ -134,7 +132,7 @@ def build(options: BuildOptions) -> BuildResult:
     except ManifestError as exc:
         raise BuildError(f"weights check failed: {exc}") from exc
     bundled_blend = blend.weighted() if blend is not None else None  # the kernel never loads a zero-weight member
-    if bundled_blend is not blend:
+    if bundled_blend is not None and bundled_blend is not blend:
         log.warning("build: blend members %s have zero weight and are not bundled",
                     bundled_blend.provenance["left_out_members"])
         blend = bundled_blend

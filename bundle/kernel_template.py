@@ -17,7 +17,7 @@ DATASET_SLUG = "__DATASET_SLUG__"  # the bundle dataset's slug, filled in by the
 MARKER = "__BUNDLE_MARKER__"  # the file that marks the bundle's root, filled in by the build
 
 
-def find_bundle():
+def find_bundle() -> str:
     """The bundle dataset folder: $RSNA_BUNDLE_DIR, else the folder under /kaggle/input holding the marker file."""
     if os.environ.get("RSNA_BUNDLE_DIR"):
         return os.environ["RSNA_BUNDLE_DIR"]
@@ -30,14 +30,14 @@ def find_bundle():
     return os.path.dirname(hits[0])
 
 
-def unpack_archives(bundle):
+def unpack_archives(bundle: str) -> str:
     """Folders uploaded with `kaggle datasets create --dir-mode zip|tar` may stay archives: unpack them into a
     writable copy of the bundle (the other files are linked)."""
     import shutil
     import tarfile
     import zipfile
 
-    packed = {}
+    packed: dict[str, str] = {}
     for name in ("inference", "weights", "wheels", "vendor"):
         for ext in (".zip", ".tar"):
             path = os.path.join(bundle, name + ext)
@@ -66,7 +66,7 @@ if __name__ == "__main__":
     log.info("bundle: %s", BUNDLE)
 
 # %%
-def install_wheels(bundle):
+def install_wheels(bundle: str) -> None:
     """pip install the bundled wheels offline (--no-index): nothing comes from the network."""
     wheel_dir = os.path.join(bundle, "wheels")
     requirements = os.path.join(wheel_dir, "requirements.txt")
@@ -95,7 +95,7 @@ if __name__ == "__main__":
     install_wheels(BUNDLE)
 
 # %%
-def run_kernel(bundle):
+def run_kernel(bundle: str) -> None:
     """Put the bundled runtime package on sys.path and run its kernel entry (evaluation server or gateway)."""
     package = sorted(glob.glob(os.path.join(bundle, "inference", "kernel.py"))
                      + glob.glob(os.path.join(bundle, "*", "inference", "kernel.py")))

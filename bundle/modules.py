@@ -85,5 +85,7 @@ def vendor_packages(target: Path, names: Sequence[str] = VENDORED_PACKAGES) -> N
             module = importlib.import_module(name)
         except ImportError as exc:
             raise BuildError(f"the kernel needs {name} ({exc}): pip install -r requirements-kernel.txt") from exc
+        if module.__file__ is None:
+            raise BuildError(f"the kernel needs {name}, but it is a namespace package without files")
         source = Path(module.__file__).parent
         shutil.copytree(source, target / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.so"))

@@ -5,7 +5,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from inference.config import AGGREGATION_METHODS
+from inference.config import AGGREGATION_METHODS, AggregationMethod
 from inference.errors import KitError
 
 __all__ = ["REPO", "BUNDLE_MARKER", "WHEEL_PLATFORMS", "BuildError", "BuildOptions", "check_options"]
@@ -44,12 +44,13 @@ class BuildOptions:
     wheel_platforms: tuple[str, ...] = WHEEL_PLATFORMS
     python_version: str = "3.11"
     tta: bool | None = None  # None keeps the manifest's aggregation.tta_flip
-    aggregation: str | None = None  # None keeps the manifest's aggregation.method (max, topk_mean, learned)
+    aggregation: AggregationMethod | None = None  # None keeps the manifest's aggregation.method
     batch_size: int | None = None  # None keeps the manifest's windows.batch_size
     stride: int | None = None  # None keeps the manifest's windows.stride
     gpu_batch_size: int | None = None  # None keeps the manifest's windows.gpu_batch_size
     degrade_steps: tuple[str, ...] | None = None  # None keeps the manifest's budget.degrade_steps
     expected_series: int | None = None  # None keeps the manifest's budget.expected_series
+    min_series: int | None = None  # None keeps the manifest's budget.min_series
     folds: tuple[int, ...] | None = None  # None bundles every fold of the manifest
 
 
@@ -94,6 +95,8 @@ def check_options(options: BuildOptions) -> str:
                             f"{', '.join(DEGRADE_STEPS)}")
     if options.expected_series is not None and options.expected_series < 1:
         problems.append(f"expected series must be >= 1, got {options.expected_series}")
+    if options.min_series is not None and options.min_series < 1:
+        problems.append(f"--degrade-after must be >= 1, got {options.min_series}")
     if options.wheel_dir is not None and not Path(options.wheel_dir).is_dir():
         problems.append(f"--wheel-dir {options.wheel_dir} is not a folder")
     if problems:

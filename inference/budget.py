@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import statistics
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -74,9 +75,11 @@ class RunBudget:
     """Keeps a running projection of the whole run and picks the degradation level for the next series.
 
     The projection is the time spent so far plus the series still expected times the recent time per series at
-    the current level. Past `margin` x the run limit the level goes up one step (each change logged once); when
-    the projection at the level below (its own recent time when it ran, else the current time x an assumed saving
-    per step) is back under `margin` x `recover` x the limit, it comes down again.
+    the current level (the median of its last `window` series: one slow series moves it little). Past `margin` x
+    the run limit the level goes up one step (each change logged once); when the projection at the level below
+    (its own recent time when it ran, else the current time x an assumed saving per step) is back under `margin` x
+    `recover` x the limit, it comes down again. No step is taken before `min_series` series have finished at the
+    current level: the first series (with the GPU's warm-up) or one decoder hang is no evidence.
 
     Args:
         config: the run's limits and the declared steps.
@@ -99,26 +102,30 @@ class RunBudget:
     def current(self) -> Degradation:
         return degradation(self.config.degrade_steps, self.level)
 
-    def _mean(self, level: int) -> float | None:
+    def _estimate(self, level: int) -> float | None:
+        """Seconds per series at `level`: the median of its recent series (None before any)."""
         times = self._recent.get(level)
-        return sum(times) / len(times) if times else None
+        return float(statistics.median(times)) if times else None
 
     def projection(self, level: int | None = None) -> float:
         """Projected total run time (seconds) if the remaining series ran at `level` (default: the current one)."""
         level = self.level if level is None else level
-        mean = self._mean(level)
-        if mean is None:
-            known = self._mean(self.level)
+        per_series = self._estimate(level)
+        if per_series is None:
+            known = self._estimate(self.level)
             if known is None:
                 return self.clock() - self.started_at
-            mean = known * _ASSUMED_STEP_SPEEDUP ** (self.level - level)
+            per_series = known * _ASSUMED_STEP_SPEEDUP ** (self.level - level)
         remaining = max(0, self.config.expected_series - self.done)
-        return (self.clock() - self.started_at) + remaining * mean
+        return (self.clock() - self.started_at) + remaining * per_series
 
     def record(self, seconds: float) -> Degradation:
         """Note one more series (its time at the current level); return the level for the next one."""
         self.done += 1
-        self._recent.setdefault(self.level, deque(maxlen=self.config.window)).append(float(seconds))
+        recent = self._recent.setdefault(self.level, deque(maxlen=self.config.window))
+        recent.append(float(seconds))
+        if len(recent) < self.config.min_series:  # not enough evidence at this level yet
+            return self.current
         limit = self.config.run_hours * 3600.0
         projected = self.projection()
         top = len(self.config.degrade_steps)

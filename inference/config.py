@@ -10,10 +10,10 @@ from typing import Any, Literal
 from .errors import ConfigError
 
 __all__ = ["PreprocessConfig", "WindowConfig", "AggregationConfig", "BudgetConfig", "VolumeConfig", "config_hash",
-           "setting", "MODEL_KINDS", "AGGREGATION_METHODS"]
+           "setting", "AGGREGATION_METHODS", "AggregationMethod"]
 
-MODEL_KINDS = ("window25d", "volume32")  # the 2.5D window model; the whole series as channels of one image
-AGGREGATION_METHODS = ("max", "topk_mean", "learned")  # window probabilities -> series answer
+AggregationMethod = Literal["max", "topk_mean", "learned"]  # window probabilities -> series answer
+AGGREGATION_METHODS: tuple[AggregationMethod, ...] = ("max", "topk_mean", "learned")
 
 
 def setting(default: Any, help: str) -> Any:
@@ -83,7 +83,7 @@ class AggregationConfig:
 
     fold_average: Literal["prob", "logit"] = setting("prob", "prob (mean of fold probabilities) or logit (sigmoid of "
                                                      "the mean logit)")
-    method: Literal["max", "topk_mean", "learned"] = setting(
+    method: AggregationMethod = setting(
         "max", "max, topk_mean, or learned (the manifest's aggregator, fitted by the trainer on out-of-fold "
                "windows): window -> series reduction per label")
     top_k: int = setting(3, "windows averaged by topk_mean")
@@ -118,7 +118,9 @@ class BudgetConfig:
     expected_series: int = setting(2500, "about how many series the hidden test set holds")
     margin: float = setting(0.85, "degrade one step when the projected run passes this share of the limit")
     recover: float = setting(0.8, "undo a step when the level below projects under margin x recover x limit")
-    window: int = setting(20, "recent series whose mean time the projection uses")
+    window: int = setting(20, "recent series whose median time the projection uses")
+    min_series: int = setting(5, "series finished at the current level before the budget may change it (one slow "
+                                 "series, such as the first with its warm-up or a decoder hang, is no evidence)")
     degrade_steps: tuple[str, ...] = setting(("tta_off", "stride_2", "half_folds"),
                                              "the speed-ups, in the order they are taken (tta_off, stride_2, "
                                              "half_folds); empty: never degrade")
@@ -130,6 +132,8 @@ class BudgetConfig:
                               f"{self.expected_series}, {self.window}")
         if not 0.0 < self.margin <= 1.0 or not 0.0 < self.recover <= 1.0:
             raise ConfigError(f"margin and recover must be in (0, 1], got {self.margin}, {self.recover}")
+        if not 1 <= self.min_series <= self.window:
+            raise ConfigError(f"min_series must be in [1, window={self.window}], got {self.min_series}")
         if len(set(self.degrade_steps)) != len(self.degrade_steps):
             raise ConfigError(f"degrade_steps repeats a step: {self.degrade_steps}")
 
@@ -139,7 +143,7 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(cfg)))
 
 
-def from_dict(cls: type, data: dict[str, Any]):
+def from_dict(cls: type, data: dict[str, Any]) -> Any:
     """Build config `cls` from a dict, rejecting unknown keys with a clear message."""
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(data) - names

@@ -39,12 +39,13 @@ import shutil
 import threading
 import time
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, CancelledError, Future, wait
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from multiprocessing import shared_memory
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pydicom import uid
@@ -98,7 +99,8 @@ def pool_missing_reason() -> str:
     return _IMPORT_ERROR
 
 
-def isolated_processes(workers: int, *, initializer=None, initargs: tuple = ()):
+def isolated_processes(workers: int, *, initializer: Callable[..., object] | None = None,
+                       initargs: tuple[Any, ...] = ()) -> Any:
     """A pebble ProcessPool whose workers loky starts by fork+exec: the one way the kit starts worker processes.
 
     A task scheduled with `timeout=` that overruns has its worker killed (TimeoutError); a worker that dies
@@ -266,7 +268,7 @@ class DecodeBatch:
             raise
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         try:
             stopped = self._stop(list(self._futures)) or self._stopped_running or bool(self._overran)
             self._progress = None  # a view of the block: let the block be released
@@ -330,8 +332,9 @@ class DecodeBatch:
                 yield from self._give_up(pending)
                 return
             wake = self._stop_overruns(pending, now)
-            if self._deadline is not None:
-                wake = min(wake, max(0.0, self._deadline - now))
+            if self._deadline is not None:  # (no progress table: wake is None, the deadline alone decides)
+                left = max(0.0, self._deadline - now)
+                wake = left if wake is None else min(wake, left)
             done, pending = wait(pending, timeout=wake, return_when=FIRST_COMPLETED)
             for future in sorted(done, key=lambda f: self._futures[f][0]):
                 retried: list[Future] = []
@@ -470,14 +473,14 @@ class DecodePool:
     def __enter__(self) -> DecodePool:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     @property
     def started(self) -> bool:
         return self._pool is not None
 
-    def _executor(self):
+    def _executor(self) -> Any:
         if self._pool is None:
             self._pool = isolated_processes(self.limits.worker_count, initializer=init_worker,
                                             initargs=(self.limits.worker_memory_mb, _WORKER_PLUGINS))

@@ -52,7 +52,7 @@ class ProgressTable:
     def nbytes(rows: int) -> int:
         return -(-rows * 3 * 8 // ALIGN) * ALIGN
 
-    def view(self, buffer) -> np.ndarray:
+    def view(self, buffer: mmap.mmap) -> np.ndarray:
         return np.ndarray((self.rows, 3), dtype=np.float64, buffer=buffer, offset=0)
 
 
@@ -101,6 +101,8 @@ def _decode_file(path: str, backends: tuple[str, ...], slot: Slot | None) -> np.
         DicomFileError: the file cannot be decoded (its reason travels back to the parent).
     """
     pixels = read_dicom(path, backends=backends).pixels
+    if pixels is None:
+        raise DicomFileError(f"{Path(path).name}: decoded to no pixels")
     if slot is None or pixels.shape != slot.shape or pixels.dtype != np.dtype(slot.dtype):
         return np.ascontiguousarray(pixels)
     mapping = _worker_map(slot.name)
@@ -119,7 +121,7 @@ def decode_files(paths: Sequence[str], backends: tuple[str, ...], slots: Sequenc
     out: list[tuple[np.ndarray | None, str]] = []
     for k, (path, slot) in enumerate(zip(paths, slots)):
         row = rows[k] if progress is not None else -1
-        if row >= 0:
+        if progress is not None and row >= 0:
             if progress[row, WHERE] == REVOKED:
                 out.append((None, f"{Path(path).name}: revoked"))
                 continue
@@ -130,7 +132,7 @@ def decode_files(paths: Sequence[str], backends: tuple[str, ...], slots: Sequenc
             result = (None, str(exc))
         except Exception as exc:  # noqa: BLE001 - MemoryError and any other Python failure: this file only
             result = (None, f"{Path(path).name}: {type(exc).__name__}: {exc}")
-        if row >= 0:
+        if progress is not None and row >= 0:
             progress[row, WHERE] = IN_SLOT if result[0] is None and not result[1] else RETURNED
             progress[row, FINISHED] = time.monotonic()
         out.append(result)

@@ -22,7 +22,7 @@ LOGGER = logging.getLogger(__name__)
 
 # CharLS through pyjpegls decodes JPEG-LS about 1.5x faster than GDCM (pydicom's first choice) and 3.5x faster
 # than pylibjpeg-libjpeg here; for the other syntaxes pydicom's own order is as fast as any.
-_PREFERRED_PLUGIN = {uid.JPEGLSLossless: "pyjpegls", uid.JPEGLSNearLossless: "pyjpegls"}
+_PREFERRED_PLUGIN: dict[str, str] = {uid.JPEGLSLossless: "pyjpegls", uid.JPEGLSNearLossless: "pyjpegls"}
 
 
 def prefer_plugins(preferences: dict[str, str]) -> None:

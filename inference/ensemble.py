@@ -250,7 +250,9 @@ def load_ensemble(bundle_dir: str | Path, *, providers: Sequence[str] | None = N
     options = session_options(threads=threads)
     on_cuda = "CUDAExecutionProvider" in chosen
     gpus = list(devices) if devices is not None else (cuda_devices() if on_cuda else [])
-    plan: list[int | None] = plan_devices(len(entries), gpus) if on_cuda and len(gpus) > 1 else [None] * len(entries)
+    plan: list[int | None] = [None] * len(entries)
+    if on_cuda and len(gpus) > 1:
+        plan = list(plan_devices(len(entries), gpus))
     sessions = []
     for entry, device in zip(entries, plan):
         path = bundle_dir / entry.file

@@ -40,6 +40,7 @@ import polars as pl
 
 from .errors import KitError
 from .labels import ID_COLUMN, LABELS
+from .progress import Progress
 
 __all__ = ["GatewayError", "LocalInferenceServer", "GatewayRun", "check_answer", "default_share_dir",
            "STARTUP_LIMIT_S", "CALL_LIMIT_S",
@@ -159,14 +160,7 @@ class LocalInferenceServer:
         ids = [str(v) for v in frame[ID_COLUMN].unique(maintain_order=True).to_list()]
         run.order = random.Random(time.time() if seed is None else seed).sample(ids, len(ids))
         answers: list[Any] = []
-        iterator: Any = run.order
-        if progress:
-            try:
-                from tqdm.auto import tqdm
-
-                iterator = tqdm(run.order, desc="gateway", unit="series")
-            except ImportError:
-                pass
+        iterator = Progress(run.order, desc="gateway", unit="series", enabled=progress)
         try:
             first = True
             for series_id in iterator:

@@ -61,8 +61,8 @@ class KernelRuntime:
             self.predictor = Predictor(config.weights_dir, providers=providers, decode_pool=self.pool,
                                        budget_s=config.budget_s)
         budget = self.predictor.manifest.budget if self.predictor.manifest is not None else BudgetConfig()
-        changes = {k: v for k, v in (("run_hours", config.run_hours), ("expected_series", config.expected_series))
-                   if v is not None}
+        changes: dict[str, Any] = {k: v for k, v in (("run_hours", config.run_hours),
+                                                      ("expected_series", config.expected_series)) if v is not None}
         self.budget = RunBudget(replace(budget, **changes))
         self.reports: dict[str, SeriesReport] = {}
         self._loader: threading.Thread | None = None
@@ -79,7 +79,7 @@ class KernelRuntime:
 
     def _load(self) -> None:
         t0 = time.perf_counter()
-        if self.predictor.load():
+        if self.predictor.load(warm_up=True):
             providers = self.predictor.ensemble.providers
             if "CUDAExecutionProvider" not in providers:
                 log.warning("!!! the fold ensemble runs on %s, not on CUDA: expect CPU speed !!!", providers)

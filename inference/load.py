@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +13,8 @@ import numpy as np
 from .decode_pool import DecodeJob, DecodePool, pool_missing_reason, shared_pool
 from .dicom_io import DEFAULT_BACKENDS, DicomFileError, DicomImage, read_dicom
 from .errors import SeriesLoadError
-from .stack import Stack, choose_stack, fallback_slice_spacing, pixel_spacing
+from .fill import ProgressiveFill
+from .stack import FrameTable, Stack, choose_stack, fallback_slice_spacing, pixel_spacing
 from .volume import SliceSource, Volume, canonical_transform
 
 __all__ = ["load_series", "stream_series", "SeriesStream", "SeriesRestacked", "plan_series", "SeriesPlan",
@@ -23,6 +23,9 @@ __all__ = ["load_series", "stream_series", "SeriesStream", "SeriesRestacked", "p
 LOGGER = logging.getLogger(__name__)
 
 _AXIAL = np.array([1.0, 0.0, 0.0, 0.0, 1.0, 0.0])
+
+
+First = Iterable[int] | Callable[[Volume], Iterable[int]]  # slices to fill first, or a function of the skeleton
 
 
 class SeriesRestacked(SeriesLoadError):
@@ -85,11 +88,12 @@ def load_series(
 
 def stream_series(folder: str | Path, *, pool: DecodePool | None = None, in_process: bool = False,
                   backends: Sequence[str] = DEFAULT_BACKENDS, deadline: float | None = None,
-                  first: Iterable[int] = ()) -> SeriesStream:
+                  first: First = ()) -> SeriesStream:
     """Start loading a series in a background thread; its volume fills while the caller works on the first slices.
 
     The headers are read before this returns (so the volume's shape, spacing and sources are known); the frames are
-    then read or decoded in canonical slice order, `first` (canonical slice indices) before the rest.
+    then read or decoded in canonical slice order, `first` (canonical slice indices, or a function of the volume
+    still to fill: its shape and modality are known) before the rest; `stream.first` lists them.
 
     Raises:
         SeriesLoadError: the folder is missing, unreadable or holds no usable image.
@@ -154,7 +158,7 @@ class SeriesStream:
 
     def __init__(self, plan: SeriesPlan, *, pool: DecodePool | None = None, in_process: bool = False,
                  backends: Sequence[str] = DEFAULT_BACKENDS, deadline: float | None = None,
-                 first: Iterable[int] = ()) -> None:
+                 first: First = ()) -> None:
         if not in_process and pool_missing_reason():
             LOGGER.warning("!!! compressed files are decoded in-process, without isolation: %s !!!",
                            pool_missing_reason())
@@ -167,25 +171,24 @@ class SeriesStream:
         self.in_process = in_process
         self.backends = tuple(backends)
         self.deadline = deadline
-        self.first = [int(c) for c in first]
         self.volume, self._canonical_of = _skeleton(plan.folder, plan.images, plan.stack)
+        self.first = [int(c) for c in (first(self.volume) if callable(first) else first)]
         # canonical slice c is stack slice k (or n-1-k) only for stacks acquired along the canonical slice axis;
         # an unknown modality is guessed from the whole volume: neither streams before it is complete
         self.streamable = self.volume.transform.axes[0] == 0 and bool(self.volume.modality)
-        self.seconds = 0.0  # how long filling took, once done
         self._filled = np.zeros(len(plan.stack.order), dtype=bool)
-        self._ready = 0
         self._lost = False
-        self._done = False
-        self._error: BaseException | None = None
-        self._cond = threading.Condition()
-        self._thread: threading.Thread | None = None
+        self._progress = ProgressiveFill(f"load-{plan.folder.name[-12:]}")
+
+    @property
+    def seconds(self) -> float:
+        """How long filling took, once done."""
+        return self._progress.seconds
 
     # --- consumer side --------------------------------------------------------------------------------------
     def start(self) -> SeriesStream:
         """Fill the volume in a daemon thread."""
-        self._thread = threading.Thread(target=self.run, name=f"load-{self.plan.folder.name[-12:]}", daemon=True)
-        self._thread.start()
+        self._progress.start(self._work)
         return self
 
     def wait(self, count: int) -> None:
@@ -195,12 +198,8 @@ class SeriesStream:
             SeriesRestacked: a file was lost: the volume being filled is not the one `result()` gives.
             the loading error, when loading failed.
         """
-        with self._cond:
-            self._cond.wait_for(lambda: self._ready >= count or self._lost or self._done)
-            if self._error is not None:
-                raise self._error
-            if self._lost:
-                raise SeriesRestacked(f"series {self.plan.folder.name}: a file was lost while loading")
+        self._progress.wait_for(lambda: self._progress.ready >= count or self._lost)
+        self._raise_if_lost()
 
     def wait_slices(self, slices: Iterable[int]) -> None:
         """Block until these canonical slices are filled (all of them, for a stack that does not stream).
@@ -210,37 +209,26 @@ class SeriesStream:
         """
         wanted = np.asarray(list(slices), dtype=np.int64)
         stack_indices = wanted if not self.volume.transform.flips[0] else len(self._filled) - 1 - wanted
-        with self._cond:
-            self._cond.wait_for(lambda: self._lost or self._done
-                                or (self.streamable and bool(self._filled[stack_indices].all())))
-            if self._error is not None:
-                raise self._error
-            if self._lost:
-                raise SeriesRestacked(f"series {self.plan.folder.name}: a file was lost while loading")
+        self._progress.wait_for(lambda: self._lost or (self.streamable and bool(self._filled[stack_indices].all())))
+        self._raise_if_lost()
+
+    def _raise_if_lost(self) -> None:
+        if self._lost:
+            raise SeriesRestacked(f"series {self.plan.folder.name}: a file was lost while loading")
 
     def result(self) -> Volume:
         """The complete volume (rebuilt without lost files when there were any); raises the loading error."""
-        with self._cond:
-            self._cond.wait_for(lambda: self._done)
-        if self._error is not None:
-            raise self._error
+        self._progress.wait_for(lambda: False)  # until the work has ended
         return self.volume
 
     # --- producer side --------------------------------------------------------------------------------------
     def run(self) -> None:
         """Read and decode the frames into the volume (in this thread); the outcome goes to `result()`."""
-        started = time.perf_counter()
-        try:
-            self._fill()
-        except BaseException as exc:  # handed to the consumer
-            with self._cond:
-                self._error = exc
-        finally:
-            self.seconds = time.perf_counter() - started
-            with self._cond:
-                self._done = True
-                self._ready = self.volume.num_slices if self._error is None else self._ready
-                self._cond.notify_all()
+        self._progress.run(self._work)
+
+    def _work(self, progress: ProgressiveFill) -> None:
+        self._fill()
+        progress.publish(self.volume.num_slices)
 
     def _fill(self) -> None:
         plan, images, stack = self.plan, self.plan.images, self.plan.stack
@@ -260,26 +248,18 @@ class SeriesStream:
             image = images[image_index]
             if reason:
                 lost.append((image.path, reason))
-                with self._cond:
+                with self._progress.lock:
                     self._lost = True
-                    self._cond.notify_all()
+                    self._progress.notify()
                 continue
             image.pixels = pixels
             for frame in np.flatnonzero(frames.image == image_index):
                 if int(frame) in position:
                     self._put(position[int(frame)], image, frames, order, view)
         try:
-            if lost:  # rebuild from the files that did load (files outside the first stack were never decoded)
+            if lost:
                 failures.extend(lost)
-                gone = {path for path, _ in lost}
-                survivors = [im for im in images if im.path not in gone and im.pixels is not None]
-                if not survivors:
-                    raise SeriesLoadError(f"series folder {plan.folder}: no usable image in {plan.files} file(s): "
-                                          + "; ".join(f"skipped {reason}" for _, reason in failures))
-                new_stack = choose_stack(survivors, series_uid=plan.folder.name)
-                volume, _ = _skeleton(plan.folder, survivors, new_stack)
-                _fill_all(volume, survivors, new_stack)
-                self.volume, stack = volume, new_stack
+                stack = self._rebuild({path for path, _ in lost}, failures)
             for _, reason in failures:
                 LOGGER.warning("%s: skipped %s", plan.folder.name, reason)
             self.volume.dropped[:0] = [f"skipped {reason}" for _, reason in failures]
@@ -293,6 +273,19 @@ class SeriesStream:
             for index in needed:  # views of the pool's shared block must not outlive its batch
                 images[index].pixels = None
 
+    def _rebuild(self, gone: set[str], failures: list[tuple[str, str]]) -> Stack:
+        """Rebuild the volume from the files that did load (files outside the first stack were never decoded);
+        return its stack."""
+        plan = self.plan
+        survivors = [im for im in plan.images if im.path not in gone and im.pixels is not None]
+        if not survivors:
+            raise SeriesLoadError(f"series folder {plan.folder}: no usable image in {plan.files} file(s): "
+                                  + "; ".join(f"skipped {reason}" for _, reason in failures))
+        stack = choose_stack(survivors, series_uid=plan.folder.name)
+        self.volume, _ = _skeleton(plan.folder, survivors, stack)
+        _fill_all(self.volume, survivors, stack)
+        return stack
+
     def _stack_sequence(self) -> list[int]:
         """Stack indices in the order to fill them: the `first` canonical slices, then canonical order."""
         n = len(self._filled)
@@ -301,24 +294,24 @@ class SeriesStream:
         firsts = [int(canonical_to_stack[c]) for c in self.first if 0 <= c < n]
         return list(dict.fromkeys(firsts + canonical_to_stack.tolist()))
 
-    def _put(self, k: int, image: DicomImage, frames, order: np.ndarray, view: np.ndarray) -> None:
+    def _put(self, k: int, image: DicomImage, frames: FrameTable, order: np.ndarray, view: np.ndarray) -> None:
         i = order[k]
+        if image.pixels is None:
+            raise SeriesLoadError(f"{Path(image.path).name}: no pixels to put into slice {k}")
         _rescale_into(image.pixels[frames.frame[i]], frames.slopes[i], frames.intercepts[i], view[k])
-        with self._cond:
+        with self._progress.lock:
             self._filled[k] = True
             if self.streamable:
-                ready = self._ready
+                ready = self._progress.ready
                 while ready < len(self._filled) and self._filled[self._canonical_of_inverse(ready)]:
                     ready += 1
-                if ready != self._ready:
-                    self._ready = ready
-                    self._cond.notify_all()
+                self._progress.publish(ready)
 
     def _canonical_of_inverse(self, c: int) -> int:
         n = len(self._filled)
         return n - 1 - c if self.volume.transform.flips[0] else c
 
-    def _decode(self, needed: list[int]):
+    def _decode(self, needed: list[int]) -> Iterator[tuple[int, np.ndarray | None, str]]:
         """(image index, pixels, '') or (image index, None, reason) per needed image, as they complete."""
         images = self.plan.images
         if not needed:

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 from .config import (
-    MODEL_KINDS,
     AggregationConfig,
     BudgetConfig,
     PreprocessConfig,
@@ -20,6 +19,7 @@ from .config import (
     to_dict,
 )
 from .errors import ConfigError, ManifestError
+from .kinds import DEFAULT_KIND, KINDS, ModelKind, model_kind
 from .labels import LABELS
 
 __all__ = ["MANIFEST_NAME", "FORMAT_VERSION", "INPUT_DTYPES", "FoldEntry", "Manifest", "sha256_file",
@@ -77,9 +77,9 @@ class Manifest:
         budget: the whole run's limits and the degradation steps the kernel may take (optional in the JSON).
         aggregator: the learned aggregator's numbers (`inference.aggregate.LearnedAggregator.to_dict`), used when
             aggregation.method is "learned" (optional in the JSON).
-        kind: "window25d" (2.5D windows, `windows` and `aggregation` apply) or "volume32" (the whole series
-            resampled to `volume.depth` slices, one input per series); absent in the JSON means window25d.
-        volume: the volume model's input (kind volume32 only).
+        kind: the model kind (`inference.kinds`: a windowed kind, where `windows` and `aggregation` apply, or a
+            volume kind, one input per series); absent in the JSON means `inference.kinds.DEFAULT_KIND`.
+        volume: the volume model's input (volume kinds only).
         format_version: manifest format version (FORMAT_VERSION).
     """
 
@@ -96,7 +96,7 @@ class Manifest:
     provenance: dict[str, Any] = field(default_factory=dict)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     aggregator: dict[str, Any] | None = None
-    kind: str = "window25d"
+    kind: str = DEFAULT_KIND
     volume: VolumeConfig | None = None
     format_version: int = FORMAT_VERSION
 
@@ -108,11 +108,15 @@ class Manifest:
 
     # --- JSON -------------------------------------------------------------------------------------------------
     @property
+    def kind_spec(self) -> ModelKind:
+        """The registry's entry of `kind` (`inference.kinds`); ConfigError for a kind this kit does not know."""
+        return model_kind(self.kind)
+
+    @property
     def input_channels(self) -> int:
-        """Channels of one model input: the window's slices (window25d) or the resampled depth (volume32)."""
-        if self.kind == "volume32" and self.volume is not None:
-            return self.volume.depth
-        return self.windows.channels
+        """Channels of one model input: the window's slices, or the resampled depth of a volume kind."""
+        kind = KINDS.get(self.kind)
+        return self.windows.channels if kind is None else kind.channels(self.windows, self.volume)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON-ready form (see weights/README.md)."""
@@ -131,7 +135,7 @@ class Manifest:
             "provenance": json.loads(json.dumps(self.provenance, default=str)),
             "budget": to_dict(self.budget),
             **({"aggregator": self.aggregator} if self.aggregator is not None else {}),
-            **({"kind": self.kind} if self.kind != "window25d" else {}),
+            **({"kind": self.kind} if self.kind != DEFAULT_KIND else {}),
             **({"volume": to_dict(self.volume)} if self.volume is not None else {}),
         }
 
@@ -167,7 +171,7 @@ class Manifest:
                 provenance=dict(data.get("provenance") or {}),
                 budget=from_dict(BudgetConfig, data.get("budget") or {}),  # optional: older bundles have none
                 aggregator=data.get("aggregator"),
-                kind=str(data.get("kind", "window25d")),
+                kind=str(data.get("kind", DEFAULT_KIND)),
                 volume=from_dict(VolumeConfig, data["volume"]) if data.get("volume") is not None else None,
                 format_version=int(version),
             )
@@ -221,22 +225,7 @@ class Manifest:
                 out.append(f"labels differ from the competition's 14: unknown {extra}, missing {lacking}")
         if self.input_dtype not in INPUT_DTYPES:
             out.append(f"input_dtype {self.input_dtype!r} is not one of {INPUT_DTYPES}")
-        if self.kind not in MODEL_KINDS:
-            out.append(f"kind {self.kind!r} is not one this kernel runs ({', '.join(MODEL_KINDS)}): update the "
-                       "kernel or rebuild the bundle")
-        if self.kind == "volume32" and self.volume is None:
-            out.append("kind volume32 needs a volume section (its depth)")
-        channels = self.input_channels
-        expected = (channels, self.preprocess.image_size, self.preprocess.image_size)
-        if len(self.input_shape) != 4:
-            out.append(f"input_shape {list(self.input_shape)} must have 4 dimensions (batch, C, S, S)")
-        elif self.kind == "volume32" and tuple(self.input_shape[1:]) != expected:
-            out.append(f"input_shape {list(self.input_shape)} does not match volume.depth {channels} and "
-                       f"preprocess.image_size {expected[1]}")
-        elif self.kind == "window25d" and tuple(self.input_shape[1:]) != expected:
-            out.append(f"input_shape {list(self.input_shape)} does not match the configs: windows.offsets gives "
-                       f"{expected[0]} channels and preprocess.image_size {expected[1]} (expected "
-                       f"[batch, {expected[0]}, {expected[1]}, {expected[2]}])")
+        out.extend(self._input_problems())
         if len(self.priors) != len(LABELS):
             out.append(f"priors has {len(self.priors)} values, expected {len(LABELS)}")
         elif not all(math.isfinite(p) and 0.0 <= p <= 1.0 for p in self.priors):
@@ -250,6 +239,29 @@ class Manifest:
         for f in self.folds:
             if len(f.sha256) != 64 or any(ch not in "0123456789abcdef" for ch in f.sha256.lower()):
                 out.append(f"fold {f.fold}: sha256 {f.sha256!r} is not a 64-digit hex digest")
+        return out
+
+    def _input_problems(self) -> list[str]:
+        """The kind and the model input's shape against the configs."""
+        out = []
+        try:
+            kind = model_kind(self.kind)
+        except ConfigError as exc:
+            kind = None
+            out.append(f"kind {self.kind!r} is not one this kernel runs: {exc}")
+        if kind is not None and kind.needs_volume and self.volume is None:
+            out.append(f"kind {kind.name} needs a volume section (its depth)")
+        channels = self.input_channels
+        expected = (channels, self.preprocess.image_size, self.preprocess.image_size)
+        if len(self.input_shape) != 4:
+            out.append(f"input_shape {list(self.input_shape)} must have 4 dimensions (batch, C, S, S)")
+        elif kind is not None and kind.needs_volume and tuple(self.input_shape[1:]) != expected:
+            out.append(f"input_shape {list(self.input_shape)} does not match volume.depth {channels} and "
+                       f"preprocess.image_size {expected[1]}")
+        elif kind is not None and not kind.needs_volume and tuple(self.input_shape[1:]) != expected:
+            out.append(f"input_shape {list(self.input_shape)} does not match the configs: windows.offsets gives "
+                       f"{expected[0]} channels and preprocess.image_size {expected[1]} (expected "
+                       f"[batch, {expected[0]}, {expected[1]}, {expected[2]}])")
         return out
 
     def verify(self, folder: str | Path) -> None:

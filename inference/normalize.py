@@ -109,7 +109,8 @@ def to_uint8(image: np.ndarray, low: float, high: float) -> np.ndarray:
     alpha = 255.0 / (high - low)
     # clip below first so convertScaleAbs's absolute value never sees a negative number; it saturates above 255
     src = np.ascontiguousarray(image, dtype=np.float32)
-    return cv2.convertScaleAbs(cv2.max(src, float(low)), alpha=alpha, beta=-low * alpha)
+    clipped = cv2.max(src, float(low))  # type: ignore[call-overload]  # cv2's stubs omit its scalar overload
+    return cv2.convertScaleAbs(clipped, alpha=alpha, beta=-low * alpha)
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 __all__ = ["SliceSource", "CanonicalTransform", "Volume", "canonical_transform"]
 
@@ -60,7 +61,8 @@ class CanonicalTransform:
         return tuple(float(stack_spacing[a]) for a in self.axes)  # type: ignore[return-value]
 
 
-def canonical_transform(row_direction, column_direction, slice_direction=None) -> CanonicalTransform:
+def canonical_transform(row_direction: ArrayLike, column_direction: ArrayLike,
+                        slice_direction: ArrayLike | None = None) -> CanonicalTransform:
     """The permutation/flips that bring a stack acquired with these directions to canonical orientation.
 
     Args:

@@ -1,10 +1,11 @@
 """2.5D windows: index arrays of neighbouring slices into one uint8 stack, batched and scaled for the model."""
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 from .config import WindowConfig
 from .errors import ConfigError, InferenceError
@@ -29,7 +30,8 @@ def window_centres(num_slices: int, *, stride: int = 1) -> np.ndarray:
     return np.arange(0, num_slices, stride, dtype=np.int64)
 
 
-def window_indices(num_slices: int, offsets, *, stride: int = 1, centres=None) -> np.ndarray:
+def window_indices(num_slices: int, offsets: Sequence[int], *, stride: int = 1,
+                   centres: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
     """Slice indices of every window: row n, channel c is `centre_n + offsets[c]` clamped to [0, num_slices).
 
     Args:
@@ -42,18 +44,19 @@ def window_indices(num_slices: int, offsets, *, stride: int = 1, centres=None) -
     Raises:
         ConfigError: no slice, no offset, or a stride below 1.
     """
-    offsets = np.asarray(tuple(offsets), dtype=np.int64)
-    if offsets.ndim != 1 or offsets.size == 0:
-        raise ConfigError(f"offsets must be a non-empty sequence of ints, got {offsets!r}")
+    channel = np.asarray(tuple(offsets), dtype=np.int64)
+    if channel.ndim != 1 or channel.size == 0:
+        raise ConfigError(f"offsets must be a non-empty sequence of ints, got {channel!r}")
     if centres is None:
         centres = window_centres(num_slices, stride=stride)
     elif num_slices < 1:
         raise InferenceError(f"a window needs at least one slice, got num_slices={num_slices}")
-    centres = np.asarray(centres, dtype=np.int64).reshape(-1)
-    return np.clip(centres[:, None] + offsets[None, :], 0, num_slices - 1)
+    centre = np.asarray(centres, dtype=np.int64).reshape(-1)
+    return np.clip(centre[:, None] + channel[None, :], 0, num_slices - 1)
 
 
-def build_batch(stack_u8: np.ndarray, indices: np.ndarray, *, scale: float, dtype=np.float32) -> np.ndarray:
+def build_batch(stack_u8: np.ndarray, indices: np.ndarray, *, scale: float,
+                dtype: DTypeLike = np.float32) -> np.ndarray:
     """Gather windows (N, C) from a uint8 (Z, S, S) stack into model input (N, C, S, S) = pixel * scale.
 
     Only the batch is gathered (fancy indexing into the one stack): the volume is never copied per channel.
@@ -63,13 +66,13 @@ def build_batch(stack_u8: np.ndarray, indices: np.ndarray, *, scale: float, dtyp
     indices = np.asarray(indices)
     if indices.ndim != 2:
         raise InferenceError(f"indices must be (N, C), got shape {indices.shape}")
-    dtype = np.dtype(dtype)
-    out = np.empty((*indices.shape, *stack_u8.shape[1:]), dtype=dtype)
-    np.multiply(stack_u8[indices], dtype.type(scale), out=out, dtype=dtype)
+    kind = np.dtype(dtype)
+    out = np.empty((*indices.shape, *stack_u8.shape[1:]), dtype=kind)
+    np.multiply(stack_u8[indices], np.asarray(scale, dtype=kind), out=out, dtype=kind)
     return out
 
 
-def iter_window_batches(stack_u8: np.ndarray, cfg: WindowConfig, *, dtype=np.float32,
+def iter_window_batches(stack_u8: np.ndarray, cfg: WindowConfig, *, dtype: DTypeLike = np.float32,
                         batch_size: int | None = None,
                         ready: Callable[[int], None] | None = None) -> Iterator[WindowBatch]:
     """Yield the windows of `stack_u8` in batches of `batch_size` (default cfg.batch_size), in slice order.

@@ -112,6 +112,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.size:
         cmd += ["--size", *args.size]
     cmd += ["--blob-contrast", args.blob_contrast, "--blob-radius", *args.blob_radius]
+    if not sys.stderr.isatty():  # nobody watches a bar: its redraws would fill the log
+        cmd.append("--quiet")
     times["phantom"] = _run(cmd)
 
     _banner(2, steps, f"train {args.config.name}, folds {args.folds}, and export the ONNX ensemble", started)

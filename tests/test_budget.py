@@ -40,7 +40,8 @@ def _run(budget: RunBudget, clock: FakeClock, seconds_at_level: dict[int, float]
 
 def test_the_budget_degrades_step_by_step_and_logs_each_change_once(caplog):
     clock = FakeClock()
-    config = BudgetConfig(run_hours=1.0, expected_series=100, margin=0.85, recover=0.8, window=5)
+    config = BudgetConfig(run_hours=1.0, expected_series=100, margin=0.85, recover=0.8, window=5,
+                          min_series=1)  # a step on each series' evidence: the stepping itself is under test
     budget = RunBudget(config, clock=clock)
     with caplog.at_level(logging.WARNING, logger="inference.budget"):
         levels = _run(budget, clock, {0: 60.0, 1: 40.0, 2: 20.0, 3: 10.0}, series=30)
@@ -57,7 +58,7 @@ def test_the_budget_degrades_step_by_step_and_logs_each_change_once(caplog):
 
 def test_the_budget_recovers_when_there_is_room_again():
     clock = FakeClock()
-    config = BudgetConfig(run_hours=1.0, expected_series=60, margin=0.85, recover=0.8, window=3)
+    config = BudgetConfig(run_hours=1.0, expected_series=60, margin=0.85, recover=0.8, window=3, min_series=1)
     budget = RunBudget(config, clock=clock)
     levels = _run(budget, clock, {0: 90.0, 1: 10.0, 2: 5.0, 3: 5.0}, series=3)  # a slow start: 90 s per series
     assert budget.level >= 1
@@ -70,6 +71,38 @@ def test_an_on_time_run_never_degrades():
     clock = FakeClock()
     budget = RunBudget(BudgetConfig(run_hours=12.0, expected_series=2500), clock=clock)
     assert set(_run(budget, clock, {0: 5.0}, series=200)) == {0} and not budget.decisions
+
+
+def test_one_slow_first_series_is_no_evidence():
+    """The first series carries the warm-up, or a decoder hang: 108 s of it once does not degrade a run that then
+    goes at 10 s a series (the old rule projected 75 h of 12 h from it and degraded at once)."""
+    clock = FakeClock()
+    budget = RunBudget(BudgetConfig(run_hours=12.0, expected_series=2500), clock=clock)
+    clock.now += 108.0
+    budget.record(108.0)
+    assert budget.projection() > 0.85 * 12 * 3600  # what one series alone would project
+    levels = _run(budget, clock, {0: 10.0}, series=100)
+    assert set(levels) == {0} and not budget.decisions
+
+
+def test_a_run_that_stays_slow_degrades_after_min_series():
+    clock = FakeClock()
+    budget = RunBudget(BudgetConfig(run_hours=12.0, expected_series=2500, min_series=5), clock=clock)
+    levels = _run(budget, clock, {0: 60.0, 1: 60.0, 2: 60.0, 3: 60.0}, series=16)
+    assert levels[:5] == [0] * 5 and levels[5] == 1  # the first step after the 5th series, not the 1st
+    assert [d[0] for d in budget.decisions] == [5, 10, 15]  # each later step waits for 5 series at its level
+
+
+def test_the_estimate_is_the_median_of_the_window_so_one_outlier_does_not_move_it():
+    clock = FakeClock()
+    budget = RunBudget(BudgetConfig(run_hours=12.0, expected_series=2500, window=20), clock=clock)
+    _run(budget, clock, {0: 10.0}, series=10)
+    clock.now += 500.0
+    budget.record(500.0)  # a mean of the window would now be 54.5 s a series: 38 h projected
+    assert budget.level == 0 and not budget.decisions
+    assert budget.projection() == pytest.approx(clock.now - 1000.0 + (2500 - 11) * 10.0)
+    with pytest.raises(ConfigError, match="min_series"):
+        BudgetConfig(window=3, min_series=5)
 
 
 def test_degradation_steps_follow_the_declared_order():
@@ -152,3 +185,49 @@ def test_the_gpu_batch_size_applies_when_the_folds_run_on_cuda(tmp_path, monkeyp
     monkeypatch.setattr(FoldEnsemble, "providers", property(lambda self: ["CUDAExecutionProvider"]))
     Predictor(folder, providers=["CPUExecutionProvider"]).predict_series(series)
     assert sizes == [8, 8]
+
+
+def _charge_first_runs(ensemble, clock: FakeClock, runs: list, monkeypatch, tag: str = "") -> None:
+    """Each session's first run costs 30 s of the fake clock (the CUDA/cuDNN warm-up), later runs 0.01 s."""
+    for index, session in enumerate(ensemble.sessions):
+        def run(*args, _real=session.run, _key=(tag, index), **kwargs):
+            clock.now += 0.01 if _key in runs else 30.0
+            runs.append(_key)
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(session, "run", run)
+
+
+def test_the_load_warms_every_session_so_the_first_series_does_not_carry_it(two_folds, tmp_path, monkeypatch):
+    import time
+
+    series = tmp_path / "s"
+    write_ct_series(series, np.random.default_rng(0).uniform(0, 400, size=(9, 40, 40)))
+    clock = FakeClock()
+    monkeypatch.setattr(time, "perf_counter", clock)
+    cold, warm = (Predictor(two_folds, providers=["CPUExecutionProvider"]) for _ in range(2))
+    cold_runs: list = []
+    warm_runs: list = []
+    _charge_first_runs(cold.ensemble, clock, cold_runs, monkeypatch)
+    _charge_first_runs(warm.ensemble, clock, warm_runs, monkeypatch)
+    assert warm.load(warm_up=True)
+    assert sorted(warm_runs) == [("", 0), ("", 1)]  # one synthetic batch through every fold
+    _, cold_report = cold.predict_series(series)
+    _, warm_report = warm.predict_series(series)
+    assert cold_report.answer == warm_report.answer == "model"
+    assert cold_report.infer_s >= 60.0  # without the warm-up the first series pays both sessions' first run
+    assert warm_report.infer_s < 1.0
+
+
+def test_a_blend_warms_every_member(two_folds, monkeypatch):
+    from inference.blend import Blend, BlendMember
+    from inference.runners import BlendRunner, build_runner
+
+    members = {name: build_runner(two_folds, providers=["CPUExecutionProvider"]) for name in ("a", "b")}
+    blend = BlendRunner(Blend((BlendMember("a", "a"), BlendMember("b", "b")), np.full((len(LABELS), 2), 0.5)),
+                        members)
+    clock, runs = FakeClock(), []
+    for name, member in members.items():
+        _charge_first_runs(member.ensemble, clock, runs, monkeypatch, tag=name)
+    blend.warm_up()
+    assert sorted(runs) == [("a", 0), ("a", 1), ("b", 0), ("b", 1)]

@@ -53,7 +53,8 @@ def built(weights, tmp_path_factory) -> dict:
     with contextlib.redirect_stdout(stdout):
         status = build_kernel.main(["--weights", str(weights), "--out", str(out), "--username", "tester",
                                     "--tta", "on", "--batch-size", "7", "--no-gpu", "--gpu-batch-size", "64",
-                                    "--degrade", "stride_2,tta_off", "--expected-series", "100"])
+                                    "--degrade", "stride_2,tta_off", "--expected-series", "100",
+                                    "--degrade-after", "1"])  # 6 series: a step on each one's evidence
     assert status == 0
     return {"out": out, "dataset": out / "dataset", "kernel": out / "kernel", "stdout": stdout.getvalue()}
 

@@ -116,7 +116,7 @@ def test_construction_is_lazy(planted_onnx, tmp_path):
     folder = _bundle(tmp_path / "b", planted_onnx["planted"])
     (folder / "fold0.onnx").unlink()  # a broken bundle does not stop the predictor from being built
     predictor = Predictor(folder)
-    assert predictor._ensemble is None
+    assert predictor.runner is not None and not predictor.runner.loaded
     np.testing.assert_allclose(predictor.priors, PRIORS)
 
 
@@ -240,13 +240,13 @@ def test_streamed_and_sequential_preprocessing_give_the_same_answer(planted_onnx
 
 
 def test_a_failure_while_preparing_slices_reaches_predict(bundle, tmp_path, monkeypatch, caplog):
-    from inference import predict as predict_module
+    from inference import prepare
     from inference.volume import Volume
 
     def broken(*args, **kwargs):
         raise RuntimeError("cv2 exploded")
 
-    monkeypatch.setattr(predict_module, "prepare_slices", broken)
+    monkeypatch.setattr(prepare, "prepare_slices", broken)
     volume = Volume(pixels=np.zeros((40, 32, 32), np.float32), spacing=(1.0, 1.0, 1.0), modality="CT")
     predictor = Predictor(bundle, providers=["CPUExecutionProvider"], loader=lambda _: volume)
     with caplog.at_level(logging.ERROR, logger="inference.predict"):
@@ -305,3 +305,23 @@ def test_work_stuck_past_budget_and_grace_is_left_behind_with_the_priors(bundle,
     np.testing.assert_allclose(values, PRIORS)
     assert elapsed < 10  # answered at budget + grace, not when the loader returned (30 s)
     assert "left running in the background" in caplog.text
+
+
+def test_a_stage_before_the_windows_hands_the_window_runner_a_changed_volume(bundle):
+    """The seam a region-of-interest stage uses: `WindowRunner.answer_volume` answers a cropped volume exactly as
+    a series that held only those voxels."""
+    from inference.budget import Degradation
+    from inference.runners import WindowRunner
+    from inference.volume import Volume
+
+    pixels = np.random.default_rng(1).uniform(-100, 600, size=(12, 40, 48)).astype(np.float32)
+    whole = Volume(pixels=pixels, spacing=(1.0, 1.0, 1.0), modality="CT", series_uid="whole")
+    cropped = Volume(pixels=pixels[2:10, 4:36, 8:40].copy(), spacing=(1.0, 1.0, 1.0), modality="CT",
+                     series_uid="box")
+    runner = Predictor(bundle, providers=["CPUExecutionProvider"], loader=lambda _: whole).runner
+    assert isinstance(runner, WindowRunner)
+    answer = runner.answer_volume(cropped, None, Degradation())
+    alone = Predictor(bundle, providers=["CPUExecutionProvider"], loader=lambda _: cropped).answer("box")
+    np.testing.assert_allclose(answer.probs, alone.probs)
+    assert answer.slices == 8 and answer.windows == answer.windows_total == alone.windows
+    assert not np.allclose(answer.probs, runner.answer_volume(whole, None, Degradation()).probs)

@@ -76,6 +76,33 @@ def test_the_streamed_volume_is_the_loaded_one_voxel_for_voxel(write_phantom_ser
     assert volume.modality == expected.modality and stream.streamable == (name != "mr_coronal")
 
 
+def test_stream_series_fills_first_the_slices_a_function_of_the_skeleton_names(write_phantom_series, pool,
+                                                                                monkeypatch):
+    """`first` may be a function of the volume still to fill (shape and modality known from the headers): what
+    the predictor's intensity plan reads (`sample_slices`), computed once, filled before the rest."""
+    from inference import load
+    from inference.normalize import sample_slices
+
+    folder = write_phantom_series(seed=7, modality="MRA", reverse_slices=True, acquisition=Acquisition(
+        rows=40, cols=48, num_slices=30, pixel_spacing=(3.0, 3.0), slice_spacing=3.0, centre=(0.0, 0.0, -15.0)))
+    cfg = PreprocessConfig(image_size=SIZE)
+    seen, filled = [], []
+    put = load.SeriesStream._put
+    monkeypatch.setattr(load.SeriesStream, "_put", lambda self, k, *args: (filled.append(k), put(self, k, *args)))
+
+    def first(skeleton):
+        seen.append((skeleton.pixels.shape, skeleton.modality))
+        return sample_slices(skeleton, cfg)
+
+    stream = stream_series(folder, pool=pool, first=first)
+    volume = stream.result()
+    assert seen == [(volume.pixels.shape, "MR")]  # called once, on the skeleton
+    assert stream.first == list(sample_slices(volume, cfg)) and 1 < len(stream.first) < volume.num_slices
+    n = volume.num_slices
+    stack_index = [n - 1 - c if volume.transform.flips[0] else c for c in stream.first]
+    assert filled[:len(stack_index)] == stack_index and sorted(filled) == list(range(n))
+
+
 @pytest.mark.parametrize("name", list(CASES))
 def test_the_streamed_prediction_is_the_sequential_one(write_phantom_series, bundle, pool, name):
     folder = _series(write_phantom_series, name)

@@ -6,8 +6,9 @@ import torch
 
 from inference.labels import LABELS, LOCATION_LABELS, PRESENT_INDEX
 from training.config import load_config
+from training.kinds import load_best
 from training.localizers import PreparedPoint
-from training.loop import WindowDataset, load_best, train_fold, validate
+from training.loop import WindowDataset, train_fold, validate
 from training.sampling import ROI, CachedSeries, draw_epoch
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
+
+from inference.progress import Progress
 
 from .audit_series import SeriesAudit
 from .data import TrainTable
@@ -110,7 +111,7 @@ def project_cache_cost(folders: Mapping[str, Path], sample: Sequence[str], audit
     try:
         if sample:  # imports and decoder plugins load once in a long-lived cache worker: not timed
             pool.schedule(work, args=(str(folders[sample[0]]), cfg_dict), timeout=timeout_s).exception()
-        for uid in tqdm(sample, desc="cache sample", unit="series", disable=not progress):
+        for uid in Progress(sample, desc="cache sample", unit="series", enabled=progress):
             try:
                 seconds, size = pool.schedule(work, args=(str(folders[uid]), cfg_dict), timeout=timeout_s).result()
             except Exception as exc:  # the series' own error, TimeoutError, ProcessExpired

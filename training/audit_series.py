@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 import polars as pl
 from pydicom.uid import UID
-from tqdm import tqdm
 
 from inference.errors import ConfigError, SeriesLoadError
 from inference.labels import ID_COLUMN, PRESENT_INDEX
+from inference.progress import Progress
 from inference.volume import CanonicalTransform, canonical_transform
 
 from .data import TrainTable
@@ -162,7 +162,7 @@ def audit_folders(folders: Mapping[str, Path], *, workers: int = 2, timeout_s: f
         uid -> SeriesAudit, in the order of `folders`.
     """
     audits: dict[str, SeriesAudit] = {}
-    bar = tqdm(total=len(folders), desc="audit", unit="series", disable=not progress)
+    bar = Progress(total=len(folders), desc="audit", unit="series", enabled=progress)
     if workers <= 0:
         for uid, folder in folders.items():
             audits[uid] = audit_series(folder)

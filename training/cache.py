@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from inference.config import PreprocessConfig, config_hash, to_dict
+from inference.progress import Progress
 
 from .localizers import LocalizerRow, PreparedPoint, place_points, rows_hash
 
@@ -139,7 +139,7 @@ def build_cache(folders: dict[str, Path], localizers: dict[str, list[LocalizerRo
     if todo:
         log.info("caching %d series (%d already cached) in %s", len(todo), len(report.entries), root)
     cfg_dict = to_dict(cfg)
-    bar = tqdm(total=len(todo), desc="cache", unit="series", disable=not progress or not todo)
+    bar = Progress(total=len(todo), desc="cache", unit="series", enabled=progress and bool(todo))
 
     def _done(uid: str, meta: dict[str, Any] | None, error: BaseException | None) -> None:
         if error is not None:

@@ -10,7 +10,6 @@ from typing import Any
 import yaml
 
 from inference.config import (
-    MODEL_KINDS,
     AggregationConfig,
     PreprocessConfig,
     VolumeConfig,
@@ -20,6 +19,7 @@ from inference.config import (
 )
 from inference.config import setting as _f
 from inference.errors import ConfigError
+from inference.kinds import DEFAULT_KIND, model_kind
 
 __all__ = [
     "ModelConfig",
@@ -47,8 +47,9 @@ def _require_fractions(section: Any, prefix: str, names: tuple[str, ...]) -> Non
 class ModelConfig:
     """The dual-stream network."""
 
-    kind: str = _f("window25d", "window25d (2.5D windows, dual stream) or volume32 (the whole series resampled to "
-                                "volume.depth slices as the channels of one image, one timm backbone)")
+    kind: str = _f(DEFAULT_KIND, "window25d (2.5D windows, dual stream) or volume32 (the whole series resampled to "
+                                 "volume.depth slices as the channels of one image, one timm backbone): "
+                                 "inference.kinds")
     arch: str = _f("tf_efficientnet_b0", "any timm model name, used for both streams")
     pretrained: bool = _f(False, "start from timm's pretrained weights (checked before the first epoch; CLI: "
                                "--pretrained / --no-pretrained)")
@@ -56,8 +57,7 @@ class ModelConfig:
     drop_rate: float = _f(0.2, "dropout before the classifier")
 
     def __post_init__(self) -> None:
-        if self.kind not in MODEL_KINDS:
-            raise ConfigError(f"model.kind must be one of {MODEL_KINDS}, got {self.kind!r}")
+        model_kind(self.kind)  # ConfigError naming the unknown kind
         if self.coord_dim < 1:
             raise ConfigError(f"model.coord_dim must be >= 1, got {self.coord_dim}")
         if not 0.0 <= self.drop_rate < 1.0:
@@ -219,8 +219,8 @@ class TrainConfig:
 
     @property
     def input_channels(self) -> int:
-        """Channels of the model's input: the window's slices (window25d) or the volume's depth (volume32)."""
-        return self.volume.depth if self.model.kind == "volume32" else self.windows.channels
+        """Channels of the model's input: the window's slices, or the volume's depth for a volume kind."""
+        return model_kind(self.model.kind).channels(self.windows, self.volume)
 
     def to_dict(self) -> dict[str, Any]:
         return {name: to_dict(getattr(self, name)) for name in _SECTIONS}

@@ -15,6 +15,7 @@ import onnxruntime as ort
 import torch
 
 from inference.errors import ConfigError, KitError, ManifestError
+from inference.kinds import VOLUME_32, WINDOW_25D, model_kind
 from inference.labels import LABELS
 from inference.manifest import FoldEntry, Manifest
 
@@ -26,8 +27,8 @@ __all__ = ["ExportError", "ParityReport", "export_fold", "check_parity", "write_
 
 log = logging.getLogger(__name__)
 
-INPUT_NAME = "window"  # the 2.5D model's input
-VOLUME_INPUT_NAME = "volume"  # the volume model's input
+INPUT_NAME = WINDOW_25D.input_name  # the 2.5D model's input
+VOLUME_INPUT_NAME = VOLUME_32.input_name  # the volume model's input
 OUTPUT_NAME = "logits"
 
 
@@ -160,14 +161,14 @@ def write_manifest(out_dir: str | Path, cfg: TrainConfig, folds: list[dict[str, 
                   "trainer": "train_minimal.py", "config": cfg.to_dict(), "torch": torch.__version__,
                   "onnxruntime": ort.__version__, **(extra_provenance or {})}
     size = cfg.preprocess.image_size
-    volume = cfg.model.kind == "volume32"
+    kind = model_kind(cfg.model.kind)
     channels = cfg.input_channels
-    manifest = Manifest(labels=LABELS, input_name=VOLUME_INPUT_NAME if volume else INPUT_NAME,
+    manifest = Manifest(labels=LABELS, input_name=kind.input_name,
                         output_name=OUTPUT_NAME, input_shape=("batch", channels, size, size),
                         input_dtype="float16" if cfg.export.fp16 else "float32", preprocess=cfg.preprocess,
                         windows=cfg.windows, aggregation=cfg.aggregation, folds=entries,
                         priors=tuple(float(np.clip(p, 0.0, 1.0)) for p in priors), provenance=provenance,
-                        kind=cfg.model.kind, volume=cfg.volume if volume else None)
+                        kind=kind.name, volume=cfg.volume if kind.needs_volume else None)
     path = manifest.write(out_dir)
     Manifest.read(out_dir, verify=True)
     return path

@@ -7,6 +7,7 @@ import math
 import os
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,12 +17,12 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
-from tqdm import tqdm
 
 from evaluation.metric import score_predictions
 from inference.aggregate import aggregate_windows
 from inference.config import AggregationConfig
 from inference.labels import LABELS, PRESENT_INDEX
+from inference.progress import Progress
 from inference.windows import iter_window_batches
 
 from .augment import WindowAugment
@@ -30,7 +31,8 @@ from .model import DualStreamNet, InferenceGraph, build_model
 from .sampling import ROI, CachedSeries, Sample, draw_epoch, negative_centres, normalized_coords, roi_crop, window_at
 
 __all__ = ["DistInfo", "init_distributed", "seed_everything", "WindowDataset", "predict_windows", "validate",
-           "mine_hard_negatives", "FoldResult", "FoldTask", "train_fold", "fit_fold", "load_best", "label_criterion"]
+           "mine_hard_negatives", "FoldResult", "FoldTask", "train_fold", "fit_fold", "label_criterion",
+           "window_parity_inputs"]
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +135,7 @@ def validate(net: DualStreamNet, series: list[CachedSeries], cfg: TrainConfig, *
     was_training = net.training
     net.eval()
     window_probs = [predict_windows(net, s.pixels, cfg, device=device)
-                    for s in tqdm(series, desc="validate", unit="series", disable=not progress, leave=False)]
+                    for s in Progress(series, desc="validate", unit="series", enabled=progress, leave=False)]
     net.train(was_training)
     y_true = np.stack([s.labels for s in series])
     report = {}
@@ -206,19 +208,6 @@ def _make_optimizer(net: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optim
     return torch.optim.Adam(net.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
 
 
-def load_best(path: str | Path, cfg: TrainConfig) -> torch.nn.Module:
-    """Rebuild a fold's network (either model kind) from its best checkpoint (CPU, eval mode)."""
-    if cfg.model.kind == "volume32":
-        from .volume import build_volume_model
-
-        net = build_volume_model(dataclasses.replace(cfg.model, pretrained=False), depth=cfg.volume.depth)
-    else:
-        net = build_model(dataclasses.replace(cfg.model, pretrained=False), in_chans=cfg.windows.channels)
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    net.load_state_dict(state["model"])
-    return net.eval()
-
-
 def _selection_score(report: dict[str, Any]) -> float:
     score = report["configured"]["score"]
     return -math.inf if score is None else float(score)
@@ -244,8 +233,22 @@ class FoldTask:
 
     net: torch.nn.Module
     items_per_epoch: int
-    epoch_dataset: Any
-    validate: Any
+    epoch_dataset: Callable[[int, np.random.Generator], Dataset]
+    validate: Callable[[torch.nn.Module], dict[str, Any]]
+
+
+def window_parity_inputs(series: list[CachedSeries], cfg: TrainConfig, count: int) -> np.ndarray:
+    """Real validation windows for the export's parity check: at localizer slices and spread through each series."""
+    windows = []
+    per_series = max(2, count // max(1, len(series)) + 1)
+    for s in series:
+        centres = [int(round(p.z)) for p in s.points]
+        centres += list(np.linspace(0, s.num_slices - 1, per_series).round().astype(int))
+        for c in centres[:per_series]:
+            windows.append(window_at(s.pixels, c, cfg.windows.offsets, scale=cfg.windows.scale))
+        if len(windows) >= count:
+            break
+    return np.stack(windows[:count])
 
 
 def train_fold(cfg: TrainConfig, fold: int, train_series: list[CachedSeries], val_series: list[CachedSeries], *,
@@ -323,8 +326,8 @@ def fit_fold(cfg: TrainConfig, fold: int, task: FoldTask, *, val_uids: list[str]
                             pin_memory="cuda" in device)
         model.train()
         losses = []
-        bar = tqdm(loader, desc=f"fold {fold} epoch {epoch + 1}/{cfg.train.epochs}", unit="batch",
-                   disable=not (progress and info.is_main), leave=False)
+        bar = Progress(loader, desc=f"fold {fold} epoch {epoch + 1}/{cfg.train.epochs}", unit="batch",
+                       enabled=progress and info.is_main, leave=False)
         for batch in bar:
             inputs = [t.to(device, non_blocking=True) for t in batch[:-1]]
             labels = batch[-1].to(device)

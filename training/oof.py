@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from evaluation.metric import score_by_modality, score_predictions
 from inference.labels import LABELS
+from inference.progress import Progress
 
 __all__ = ["predict_series", "predict_windows", "predict_series_from_windows", "oof_report", "OOF_REPORT_NAME"]
 
@@ -27,7 +27,7 @@ def predict_series(bundle_dir: str | Path, folders: list[Path], *, folds: list[i
     """
     from inference.manifest import Manifest
 
-    if Manifest.read(bundle_dir, verify=False).kind != "window25d":  # one answer per series, no windows
+    if not Manifest.read(bundle_dir, verify=False).kind_spec.windowed:  # one answer per series, no windows
         return _predict_whole(bundle_dir, folders, folds, progress, desc)
     windows, failed = predict_windows(bundle_dir, folders, folds=folds, progress=progress, desc=desc)
     return predict_series_from_windows(bundle_dir, windows)[0], failed
@@ -40,14 +40,14 @@ def predict_windows(bundle_dir: str | Path, folders: list[Path], *, folds: list[
 
     A series the predictor cannot read gives (None, "") and is listed in the second value.
     """
-    from inference.predict import Predictor, SeriesReport
+    from inference.predict import Predictor
 
     predictor = Predictor(bundle_dir, folds=folds)
     out, failed = [], []
-    for folder in tqdm(folders, desc=desc, unit="series", disable=not progress):
-        report = SeriesReport(series_uid=Path(folder).name)
+    for folder in Progress(folders, desc=desc, unit="series", enabled=progress):
         try:
-            out.append((predictor.window_probabilities(folder, report=report), report.modality))
+            window_probs, answer = predictor.window_answer(folder)
+            out.append((window_probs, answer.modality))
         except Exception as exc:  # the kernel answers the priors for a series it cannot read
             log.warning("series %s: %s: %s (priors used)", Path(folder).name, type(exc).__name__, exc)
             out.append((None, ""))
@@ -79,7 +79,7 @@ def oof_report(bundle_dir: str | Path, held_out: dict[int, list[str]], *, labels
 
     from .stacking import SeriesWindows, stacking_report
 
-    windowed = Manifest.read(bundle_dir, verify=False).kind == "window25d"  # a volume model answers per series
+    windowed = Manifest.read(bundle_dir, verify=False).kind_spec.windowed  # a volume model answers per series
     per_fold, uids_all, preds_all, windows_all = {}, [], [], []
     for fold, uids in sorted(held_out.items()):
         if windowed:
@@ -133,7 +133,7 @@ def _predict_whole(bundle_dir: str | Path, folders: list[Path], folds: list[int]
 
     predictor = Predictor(bundle_dir, folds=folds)
     out, failed = [], []
-    for folder in tqdm(folders, desc=desc, unit="series", disable=not progress):
+    for folder in Progress(folders, desc=desc, unit="series", enabled=progress):
         probs, report = predictor.predict_series(folder)
         out.append(probs)
         if report.answer == "priors":

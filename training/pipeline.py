@@ -23,12 +23,12 @@ from .config import TrainConfig
 from .data import read_localizers, read_train_table, series_folder
 from .export import export_fold, write_manifest
 from .folds import make_folds
-from .loop import init_distributed, load_best, train_fold
+from .kinds import load_best, training_kind
+from .loop import init_distributed
 from .oof import oof_report
 from .pretrained import ensure_pretrained, pretrained_source
-from .sampling import CachedSeries, window_at
+from .sampling import CachedSeries
 from .stacking import fit_aggregator
-from .volume import train_volume_fold, volume_input
 
 __all__ = ["run_training", "parity_windows", "config_fingerprint", "fold_file"]
 
@@ -48,19 +48,8 @@ def config_fingerprint(cfg: TrainConfig) -> str:
 
 def parity_windows(series: list[CachedSeries], cfg: TrainConfig, count: int) -> np.ndarray:
     """Real validation inputs for the export check: windows at localizer slices and spread through each series,
-    or (volume model) whole resampled series."""
-    if cfg.model.kind == "volume32":
-        return np.stack([volume_input(s.pixels, cfg) for s in series[:max(1, min(count, 4))]])
-    windows = []
-    per_series = max(2, count // max(1, len(series)) + 1)
-    for s in series:
-        centres = [int(round(p.z)) for p in s.points]
-        centres += list(np.linspace(0, s.num_slices - 1, per_series).round().astype(int))
-        for c in centres[:per_series]:
-            windows.append(window_at(s.pixels, c, cfg.windows.offsets, scale=cfg.windows.scale))
-        if len(windows) >= count:
-            break
-    return np.stack(windows[:count])
+    or (volume model) whole resampled series (the kind's `parity_inputs`)."""
+    return training_kind(cfg.model.kind).parity_inputs(series, cfg, count)
 
 
 def _previous_folds(out_dir: Path, fingerprint: str, exclude: set[int]) -> list[dict[str, Any]]:
@@ -141,14 +130,15 @@ def run_training(cfg: TrainConfig, *, data_dir: str | Path, out_dir: str | Path,
     selected = cfg.train.folds or list(range(cfg.train.num_folds))
     fingerprint = config_fingerprint(cfg)
     results, exported = {}, []
+    trainer = training_kind(cfg.model.kind)
     for fold in selected:
         train = [series[u] for u, f in zip(uids, assignment) if f != fold]
         val = [series[u] for u, f in zip(uids, assignment) if f == fold]
         if info.is_main:
             log.info("fold %d: %d training series (%d positive), %d validation series (%d positive)", fold,
                      len(train), sum(s.positive for s in train), len(val), sum(s.positive for s in val))
-        trainer = train_volume_fold if cfg.model.kind == "volume32" else train_fold
-        result = trainer(cfg, fold, train, val, checkpoint_dir=checkpoint_dir, dist_info=info, progress=progress)
+        result = trainer.train_fold(cfg, fold, train, val, checkpoint_dir=checkpoint_dir, dist_info=info,
+                                    progress=progress)
         results[fold] = result
         if info.is_main:
             net = load_best(result.best_path, cfg)

@@ -9,12 +9,12 @@ import timm
 import torch
 from torch import nn
 from torch.utils.data import Dataset
-from tqdm import tqdm
 
 from evaluation.metric import score_predictions
 from inference.aggregate import enforce_present_rule
 from inference.labels import LABELS
 from inference.normalize import volume_model_input
+from inference.progress import Progress
 
 from .augment import WindowAugment
 from .config import ModelConfig, TrainConfig
@@ -50,6 +50,11 @@ def volume_input(pixels: np.ndarray, cfg: TrainConfig) -> np.ndarray:
     return volume_model_input(pixels, cfg.volume)
 
 
+def volume_parity_inputs(series: list[CachedSeries], cfg: TrainConfig, count: int) -> np.ndarray:
+    """Whole resampled validation series (at most 4) for the export's parity check."""
+    return np.stack([volume_input(s.pixels, cfg) for s in series[:max(1, min(count, 4))]])
+
+
 class VolumeDataset(Dataset):
     """One item per series: (volume (D, S, S), labels (14,)), augmented like a window (a left-right flip swaps
     the left/right labels; every channel gets the same geometry)."""
@@ -77,7 +82,7 @@ def predict_volumes(net: VolumeNet, series: list[CachedSeries], cfg: TrainConfig
     was_training = net.training
     net.eval()
     out = []
-    for s in tqdm(series, desc="validate", unit="series", disable=not progress, leave=False):
+    for s in Progress(series, desc="validate", unit="series", enabled=progress, leave=False):
         logits = net(torch.from_numpy(volume_input(s.pixels, cfg)[None]).to(device))
         out.append(enforce_present_rule(torch.sigmoid(logits.float()).cpu().numpy()[0]))
     net.train(was_training)
