@@ -80,6 +80,8 @@ class Manifest:
         kind: "window25d" (2.5D windows, `windows` and `aggregation` apply) or "volume32" (the whole series
             resampled to `volume.depth` slices, one input per series); absent in the JSON means window25d.
         volume: the volume model's input (kind volume32 only).
+        region: the region locator (`inference.region.RegionSpec.to_dict`): the 2.5D model scores the locator's box
+            (absent in the JSON: the whole volume).
         format_version: manifest format version (FORMAT_VERSION).
     """
 
@@ -98,6 +100,7 @@ class Manifest:
     aggregator: dict[str, Any] | None = None
     kind: str = "window25d"
     volume: VolumeConfig | None = None
+    region: dict[str, Any] | None = None  # issue 21: the region locator's spec (inference.region.RegionSpec)
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
@@ -133,6 +136,7 @@ class Manifest:
             **({"aggregator": self.aggregator} if self.aggregator is not None else {}),
             **({"kind": self.kind} if self.kind != "window25d" else {}),
             **({"volume": to_dict(self.volume)} if self.volume is not None else {}),
+            **({"region": self.region} if self.region is not None else {}),
         }
 
     @classmethod
@@ -169,6 +173,7 @@ class Manifest:
                 aggregator=data.get("aggregator"),
                 kind=str(data.get("kind", "window25d")),
                 volume=from_dict(VolumeConfig, data["volume"]) if data.get("volume") is not None else None,
+                region=data.get("region"),
                 format_version=int(version),
             )
         except ConfigError as exc:
@@ -243,6 +248,15 @@ class Manifest:
             out.append(f"priors must be finite probabilities in [0, 1], got {list(self.priors)}")
         if not self.folds:
             out.append("no folds listed")
+        if self.region is not None:  # issue 21
+            from .region import RegionSpec
+
+            try:
+                RegionSpec.from_dict(self.region)
+            except ManifestError as exc:
+                out.append(str(exc))
+            if self.kind != "window25d":
+                out.append(f"a region locator needs kind window25d, not {self.kind}")
 
         ids = [f.fold for f in self.folds]
         if len(set(ids)) != len(ids):
@@ -271,5 +285,11 @@ class Manifest:
             if actual != f.sha256.lower():
                 problems.append(f"fold {f.fold}: sha256 of {path} is {actual}, manifest says {f.sha256} "
                                 f"(file replaced or corrupted: re-export or rewrite the manifest)")
+        if isinstance(self.region, dict):  # issue 21: the region locator's file
+            path = folder / str(self.region.get("file", ""))
+            if not path.is_file():
+                problems.append(f"region locator {path} is missing")
+            elif sha256_file(path) != str(self.region.get("sha256", "")).lower():
+                problems.append(f"region locator {path}: sha256 differs from the manifest's")
         if problems:
             raise ManifestError(f"weights manifest in {folder} is inconsistent: " + "; ".join(problems))

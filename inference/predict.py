@@ -31,6 +31,7 @@ from .normalize import (
     volume_model_input,
     warn_if_constant_ct,
 )
+from .region import Locator, RegionSpec
 from .volume import Volume
 from .windows import iter_window_batches
 
@@ -72,6 +73,8 @@ class SeriesReport:
     member_probs: dict[str, list[float]] = dataclasses.field(default_factory=dict)  # a blend: each member's answer
     answer: str = "priors"
     error: str = ""
+    region: str = ""  # issue 21: the region scored ("region ..."), or why the whole volume was ("whole volume: ...")
+    locate_s: float = 0.0  # issue 21: the region locator's seconds (coarse copy + model)
 
     def line(self) -> str:
         how = " (overlapped with infer)" if self.overlapped else ""
@@ -81,6 +84,7 @@ class SeriesReport:
         text = (f"series {self.series_uid}: {self.slices} slices {self.modality}, {scored}{level} | "
                 f"load {self.load_s:.3f}s preprocess {self.preprocess_s:.3f}s{how} infer {self.infer_s:.3f}s "
                 f"aggregate {self.aggregate_s:.4f}s | total {self.total_s:.3f}s | answer: {self.answer}")
+        text += f" | {self.region} (locator {self.locate_s:.3f}s)" if self.region else ""
         return text + (f" ({self.error})" if self.error else "")
 
 
@@ -182,6 +186,7 @@ class Predictor:
         self.aggregator = make_aggregator(AggregationConfig(), None)
         self.blend: Blend | None = None
         self.members: dict[str, Predictor] = {}  # a blend's models, each a one-model Predictor
+        self.locator: Locator | None = None  # issue 21: the region locator, when the manifest has one
         try:
             self.blend = Blend.read(self.bundle_dir)
             if self.blend is not None:
@@ -196,6 +201,7 @@ class Predictor:
                 return
             self.manifest = Manifest.read(self.bundle_dir, verify=False)
             self.aggregator = make_aggregator(self.manifest.aggregation, self.manifest.aggregator)
+            self.locator = _make_locator(self.bundle_dir, self.manifest)
             self.priors = np.asarray(self.manifest.priors, dtype=np.float64)
             if self.priors.shape != (len(LABELS),) or not np.all((self.priors >= 0) & (self.priors <= 1)):
                 raise ManifestError(f"priors in {self.bundle_dir} are not 14 probabilities: {self.manifest.priors}")
@@ -383,7 +389,8 @@ class Predictor:
         start = time.perf_counter()
         ensemble = self.ensemble
         preprocess = ensemble.manifest.preprocess
-        if self.loader is not None or preprocess.slice_spacing_mm is not None:  # resampling needs every slice
+        if (self.loader is not None or preprocess.slice_spacing_mm is not None
+                or self.locator is not None):  # resampling and the region locator need every slice
             volume = self._load(series_path, deadline)
             report.load_s = time.perf_counter() - start
             probs = self._windows(ensemble, volume, None, report, deadline, degradation)
@@ -414,6 +421,10 @@ class Predictor:
         t1 = time.perf_counter()
         if stream is not None and not stream.streamable:  # another plane: canonical slices need every file
             volume, stream = stream.result(), None
+        if self.locator is not None:  # issue 21: score the locator's box (the whole volume when it cannot)
+            answer = self.locator.locate(volume)
+            report.region, report.locate_s = answer.note, answer.seconds
+            volume = volume if answer.region is None else answer.region.volume
         if stream is not None:
             stream.wait_slices(sample_slices(volume, manifest.preprocess))
         report.slices, report.modality = volume.num_slices, volume.modality
@@ -510,6 +521,18 @@ class Predictor:
             return probabilities_frame([UNIFORM_PRIOR] * len(LABELS))
 
     __call__ = predict
+
+
+def _make_locator(bundle_dir: Path, manifest: Manifest) -> Locator | None:
+    """The manifest's region locator (issue 21); None without one, or (logged) when its section is unusable."""
+    if manifest.region is None:
+        return None
+    try:
+        return Locator(bundle_dir, RegionSpec.from_dict(manifest.region))
+    except ManifestError as exc:
+        log.error("the region section of %s is unusable (%s): every series is scored on its whole volume",
+                  bundle_dir, exc)
+        return None
 
 
 def _check_deadline(deadline: float | None, when: str) -> None:

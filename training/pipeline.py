@@ -119,9 +119,18 @@ def run_training(cfg: TrainConfig, *, data_dir: str | Path, out_dir: str | Path,
     folders = {uid: series_folder(data_dir, uid) for uid in table.uids}
     missing = {uid: "series folder missing" for uid, folder in folders.items() if not folder.is_dir()}
     folders = {uid: f for uid, f in folders.items() if uid not in missing}
+    region = None  # issue 21: the region locator, fitted first; the 2.5D model trains inside its boxes
+    if cfg.region.enabled:
+        from .region import fit_region
+
+        if info.world_size > 1:
+            raise ConfigError("region.enabled trains on one process (the locator is fitted before the folds)")
+        region = fit_region(cfg.region, folders, localizers, cache_dir=cache_dir, out_dir=out_dir,
+                            num_folds=cfg.train.num_folds, seed=cfg.train.seed, progress=progress)
+        cache_dir = Path(cache_dir) / "region"
     if info.is_main:
         report = build_cache(folders, localizers, cfg.preprocess, cache_dir, workers=cfg.cache.workers,
-                             progress=progress)
+                             progress=progress, boxes=None if region is None else region.boxes)
     info.barrier()
     if not info.is_main:
         report = build_cache(folders, localizers, cfg.preprocess, cache_dir, workers=0, progress=False,
@@ -172,6 +181,9 @@ def run_training(cfg: TrainConfig, *, data_dir: str | Path, out_dir: str | Path,
                  "cache_failures": failures}
         priors = np.mean(np.stack([labels[u] for u in uids]), axis=0)
         manifest = write_manifest(out_dir, cfg, exported + previous, priors=priors, extra_provenance=extra)
+        if region is not None:  # issue 21: the manifest names the locator and its box
+            written = Manifest.read(out_dir, verify=False)
+            dataclasses.replace(written, region=region.spec.to_dict()).write(out_dir)
         (out_dir / "train_config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         summary["manifest"] = str(manifest)
         summary["folds"] = {f: {"best_val_score": r.best_score, "best_epoch": r.best_epoch,
