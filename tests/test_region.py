@@ -205,3 +205,11 @@ def test_a_region_bundle_runs_without_torch(region_bundle, tmp_path):
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["answer"] == "model" and report["region"].startswith("region"), report
+
+
+def test_the_region_preset_is_the_tiny_preset_plus_the_region_stage():
+    from training.config import load_config
+
+    tiny, region = load_config(ROOT / "configs" / "tiny.yaml"), load_config(ROOT / "configs" / "tiny_region.yaml")
+    assert region.region.enabled and not tiny.region.enabled
+    assert dataclasses.replace(region, region=tiny.region) == tiny  # rows compare at the same training budget

@@ -42,7 +42,7 @@ from .localizers import LocalizerRow, place_points
 from .region_config import RegionTrainConfig
 
 __all__ = ["LocatorSample", "LocatorFit", "TinyLocator", "collect_samples", "fit_locator",
-           "export_locator", "fit_region", "RegionFit", "place_in_region", "box_key", "box_for"]
+           "export_locator", "fit_region", "RegionFit", "CanonicalPlacement", "place_in_region", "box_key", "box_for"]
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ class LocatorSample:
         return self.points_mm.mean(axis=0) / extent
 
 
-class _Identity:
+class CanonicalPlacement:
     """`place_points`' prepared-volume side when the points are wanted in canonical voxels."""
 
     def __init__(self, pixels: np.ndarray) -> None:
@@ -84,7 +84,7 @@ def _read_one(folder: str, uid: str, rows: list[LocalizerRow], spec_dict: dict[s
     spec = RegionSpec.from_dict(spec_dict)
     volume = load_series(folder, in_process=in_process)
     coarse, coarse_spacing = coarse_volume(volume, spec)
-    points, _ = place_points(volume, _Identity(volume.pixels), rows)
+    points, _ = place_points(volume, CanonicalPlacement(volume.pixels), rows)
     spacing = np.asarray(volume.spacing, dtype=np.float64)
     mm = np.array([[p.z, p.row, p.col] for p in points], dtype=np.float64).reshape(-1, 3) * spacing[None, :]
     path = Path(out) / f"{uid}.npz"
@@ -384,7 +384,7 @@ def place_in_region(volume: Any, region: Any, prepared: Any,
         return place_points(volume, prepared, rows)
     kept, outside = [], 0
     for row in rows:  # one at a time: a row that cannot be placed is reported by the second call below
-        canonical, _ = place_points(volume, _Identity(volume.pixels), [row])
+        canonical, _ = place_points(volume, CanonicalPlacement(volume.pixels), [row])
         if canonical and not region.holds(canonical[0].z, canonical[0].row, canonical[0].col):
             outside += 1
         else:
