@@ -213,3 +213,22 @@ def test_the_region_preset_is_the_tiny_preset_plus_the_region_stage():
     tiny, region = load_config(ROOT / "configs" / "tiny.yaml"), load_config(ROOT / "configs" / "tiny_region.yaml")
     assert region.region.enabled and not tiny.region.enabled
     assert dataclasses.replace(region, region=tiny.region) == tiny  # rows compare at the same training budget
+
+
+def test_the_build_checks_bundles_and_declares_the_locator(region_bundle, tmp_path):
+    from bundle.build import build
+    from bundle.options import BUNDLE_MARKER, BuildError, BuildOptions
+
+    result = build(BuildOptions(weights=region_bundle, out=tmp_path / "dist"))
+    weights = result.dataset_dir / "weights"
+    bundled = Manifest.read(weights, verify=True)  # the locator travelled with its hash
+    assert bundled.region is not None and (weights / bundled.region["file"]).is_file()
+    assert "locator.onnx" in result.opsets and "region" in result.modules
+    assert json.loads((result.dataset_dir / BUNDLE_MARKER).read_text())["region"] == {"model": True}
+    broken = Path(shutil.copytree(region_bundle, tmp_path / "broken"))
+    (broken / "locator.onnx").write_bytes(b"not an onnx file")
+    manifest = Manifest.read(broken, verify=False)
+    dataclasses.replace(manifest, region={**manifest.region, "sha256": sha256_file(broken / "locator.onnx")}).write(
+        broken)
+    with pytest.raises(BuildError, match="region locator"):
+        build(BuildOptions(weights=broken, out=tmp_path / "dist2"))
