@@ -98,12 +98,14 @@ def measure(weights: Path, data_dir: Path, *, limit: int = 0, threads: int = 1) 
     predictor = Predictor(weights, providers=["CPUExecutionProvider"], threads=threads)
     predictor.load()
     probs, windows, seconds, regions = [], defaultdict(list), defaultdict(list), defaultdict(int)
+    locate = []
     for uid in uids:
         t0 = time.perf_counter()
         values, report = predictor.predict_series(folders[uid])
         probs.append(values)
         windows[modality[uid]].append(report.windows)
         seconds[modality[uid]].append(time.perf_counter() - t0)
+        locate.append(report.locate_s)
         regions["region" if report.region.startswith("region") else "whole" if report.region else "no locator"] += 1
     y_true = np.stack([table.labels[table.index(u)] for u in uids])
     score = score_predictions(y_true, np.stack(probs))
@@ -112,7 +114,7 @@ def measure(weights: Path, data_dir: Path, *, limit: int = 0, threads: int = 1) 
            "windows_per_series": {m: round(float(np.mean(v)), 1) for m, v in sorted(windows.items())},
            "seconds_per_series": {m: round(float(np.mean(v)), 3) for m, v in sorted(seconds.items())},
            "seconds_per_series_all": round(float(np.mean([s for v in seconds.values() for s in v])), 3),
-           "answered_on": dict(regions)}
+           "answered_on": dict(regions), "locator_s_per_series": round(float(np.mean(locate)), 4)}
     if predictor.locator is not None:
         localizers = read_localizers(data_dir / "test" / "test_localizers.csv")
         row["locator"] = _locator_figures(predictor, folders, localizers, modality)
@@ -131,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{row['mean_location_auc']:.4f}")
         print(f"  windows per series {row['windows_per_series']}")
         print(f"  kernel s per series {row['seconds_per_series']} (all {row['seconds_per_series_all']})")
-        print(f"  answered on {row['answered_on']}")
+        print(f"  answered on {row['answered_on']}; locator {row['locator_s_per_series']:.3f} s per series")
         if "locator" in row:
             loc = row["locator"]
             print(f"  locator recall {loc['recall']:.4f} of {loc['points']} held-out points; box share "
