@@ -16,7 +16,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import cv2
 import numpy as np
@@ -31,6 +31,8 @@ __all__ = ["Box", "Region", "RegionSpec", "RegionAnswer", "Locator", "crop_volum
            "LOCATOR_OUTPUT"]
 
 log = logging.getLogger(__name__)
+
+Point = tuple[float, float, float]  # (slice, row, col)
 
 LOCATOR_INPUT = "coarse"  # ONNX input: float32 [batch, 6, S, S] (3 max and 3 mean projections, 0..1)
 LOCATOR_OUTPUT = "centre"  # ONNX output: float32 [batch, 3], the centre as a fraction of the extent per axis
@@ -54,7 +56,8 @@ class Box:
     @classmethod
     def around(cls, centre: tuple[float, float, float], half: tuple[float, float, float]) -> Box:
         """The box centre +- half (mm) along each axis."""
-        return cls(tuple(c - h for c, h in zip(centre, half)), tuple(c + h for c, h in zip(centre, half)))
+        return cls(cast(Point, tuple(c - h for c, h in zip(centre, half))),
+                   cast(Point, tuple(c + h for c, h in zip(centre, half))))
 
     @property
     def centre(self) -> tuple[float, float, float]:
@@ -128,7 +131,7 @@ def crop_volume(volume: Volume, box: Box) -> Region:
                              f"(shape {shape}, spacing {tuple(volume.spacing)})")
     (z0, z1), (r0, r1), (c0, c1) = ranges
     pixels = np.ascontiguousarray(volume.pixels[z0:z1, r0:r1, c0:c1])
-    crop = Volume(pixels=pixels, spacing=tuple(volume.spacing), modality=volume.modality,
+    crop = Volume(pixels=pixels, spacing=cast(Point, tuple(volume.spacing)), modality=volume.modality,
                   series_uid=volume.series_uid, dropped=list(volume.dropped))
     return Region(volume=crop, origin=(z0, r0, c0), box=box, slice_share=(z1 - z0) / shape[0],
                   area_share=(r1 - r0) * (c1 - c0) / (shape[1] * shape[2]))
@@ -303,7 +306,7 @@ class Locator:
         coarse, spacing = coarse_volume(volume, self.spec)
         inputs = locator_input(coarse, self.spec)[None]
         out = self.session().run([LOCATOR_OUTPUT], {LOCATOR_INPUT: inputs})[0]
-        return np.asarray(out, dtype=np.float64).reshape(-1), coarse.shape, spacing  # type: ignore[return-value]
+        return np.asarray(out, dtype=np.float64).reshape(-1), coarse.shape, spacing
 
     def locate(self, volume: Volume) -> RegionAnswer:
         """The region of `volume`, or None with the reason (too few slices, implausible answer, any error)."""

@@ -271,8 +271,10 @@ class RegionRunner(WindowRunner):
         if self.locator is None:
             return super().windows(source, deadline, degradation)
         ensemble = self.ensemble
-        located = self.locator.locate(source.load(deadline))
-        volume = source.load(deadline) if located.region is None else located.region.volume
+        volume = source.load(deadline)
+        located = self.locator.locate(volume)
+        if located.region is not None:
+            volume = located.region.volume
         window_probs, answer = self._windows(ensemble, volume, None, deadline, degradation)
         answer.load_s, answer.region, answer.locate_s = source.load_s, located.note, located.seconds
         return window_probs, answer
