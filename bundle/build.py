@@ -161,6 +161,8 @@ def build(options: BuildOptions) -> BuildResult:
                 shutil.copy2(source, target)
                 for extra in source.parent.glob(source.name + ".*"):  # external tensor data (fold_0.onnx.data)
                     shutil.copy2(extra, target.parent / extra.name)
+            if member.region is not None:  # issue 21: the region locator travels with its model
+                shutil.copy2(weights / part / member.region["file"], dataset / "weights" / part / member.region["file"])
             member.write(dataset / "weights" / part)
             Manifest.read(dataset / "weights" / part, verify=True)  # the copy is what the kernel will read
         if blend is not None:
@@ -177,6 +179,7 @@ def build(options: BuildOptions) -> BuildResult:
         (dataset / BUNDLE_MARKER).write_text(json.dumps({
             "dataset_id": dataset_id, "modules": modules, "folds": [f.fold for f in bundled.folds],
             "members": {part or "model": member.kind for part, member in members},
+            "region": {part or "model": member.region is not None for part, member in members},  # issue 21
             "opsets": opsets, "checked_with_onnxruntime": onnxruntime.__version__, "wheels": wheel_versions,
             "aggregation": dataclasses.asdict(bundled.aggregation), "windows": dataclasses.asdict(bundled.windows),
         }, indent=2) + "\n")

@@ -14,7 +14,7 @@ from inference.manifest import Manifest
 from .options import BuildError
 from .wheels import version_tuple
 
-__all__ = ["ORT_MAX_OPSET", "check_weights", "check_opsets", "max_opset"]
+__all__ = ["ORT_MAX_OPSET", "check_weights", "check_locator", "check_opsets", "max_opset"]
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,8 @@ def check_weights(weights: Path, *, folds: Sequence[int] | None = None) -> tuple
             raise BuildError(f"fold {fold}: a zero batch gives output of shape {np.shape(out)} "
                              f"(finite: {bool(np.isfinite(out).all())}); expected (2, {len(LABELS)}) finite logits")
     opsets = {}
+    if manifest.region is not None:  # issue 21: the region locator is checked like a fold
+        opsets.update(check_locator(weights, manifest))
     chosen = {e.fold for e in manifest.folds} if folds is None else set(folds)
     for entry in manifest.folds:
         if entry.fold in chosen:
@@ -94,6 +96,29 @@ def check_weights(weights: Path, *, folds: Sequence[int] | None = None) -> tuple
             if opset is not None:
                 opsets[entry.file] = opset
     return manifest, opsets
+
+
+def check_locator(weights: Path, manifest: Manifest) -> dict[str, int]:
+    """The region locator (issue 21): its spec parses, and onnxruntime runs it on a zero input to 3 finite numbers.
+
+    Raises:
+        BuildError: with the reason.
+    """
+    import onnxruntime as ort
+
+    from inference.region import LOCATOR_INPUT, LOCATOR_OUTPUT, RegionSpec
+
+    try:
+        spec = RegionSpec.from_dict(manifest.region or {})
+        session = ort.InferenceSession(str(weights / spec.file), providers=["CPUExecutionProvider"])
+        size = spec.input_size
+        (out,) = session.run([LOCATOR_OUTPUT], {LOCATOR_INPUT: np.zeros((2, 6, size, size), np.float32)})
+    except Exception as exc:
+        raise BuildError(f"region locator check failed: {type(exc).__name__}: {exc}") from exc
+    if np.shape(out) != (2, 3) or not np.isfinite(out).all():
+        raise BuildError(f"region locator: a zero input gives output of shape {np.shape(out)}; expected (2, 3) finite")
+    opset = _model_opset(weights / spec.file)
+    return {} if opset is None else {spec.file: opset}
 
 
 def check_opsets(opsets: dict[str, int], bundled_ort: str | None) -> None:

@@ -19,7 +19,7 @@ from .config import (
     to_dict,
 )
 from .errors import ConfigError, ManifestError
-from .kinds import DEFAULT_KIND, KINDS, ModelKind, model_kind
+from .kinds import DEFAULT_KIND, KINDS, REGION_KIND_NAMES, ModelKind, model_kind
 from .labels import LABELS
 
 __all__ = ["MANIFEST_NAME", "FORMAT_VERSION", "INPUT_DTYPES", "FoldEntry", "Manifest", "sha256_file",
@@ -80,6 +80,8 @@ class Manifest:
         kind: the model kind (`inference.kinds`: a windowed kind, where `windows` and `aggregation` apply, or a
             volume kind, one input per series); absent in the JSON means `inference.kinds.DEFAULT_KIND`.
         volume: the volume model's input (volume kinds only).
+        region: the region locator (`inference.region.RegionSpec.to_dict`): the model scores the locator's box
+            (absent in the JSON: the whole volume); only a kind that takes one (`inference.kinds`).
         format_version: manifest format version (FORMAT_VERSION).
     """
 
@@ -98,6 +100,7 @@ class Manifest:
     aggregator: dict[str, Any] | None = None
     kind: str = DEFAULT_KIND
     volume: VolumeConfig | None = None
+    region: dict[str, Any] | None = None  # issue 21: the region locator's spec (inference.region.RegionSpec)
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
@@ -137,6 +140,7 @@ class Manifest:
             **({"aggregator": self.aggregator} if self.aggregator is not None else {}),
             **({"kind": self.kind} if self.kind != DEFAULT_KIND else {}),
             **({"volume": to_dict(self.volume)} if self.volume is not None else {}),
+            **({"region": self.region} if self.region is not None else {}),
         }
 
     @classmethod
@@ -173,6 +177,7 @@ class Manifest:
                 aggregator=data.get("aggregator"),
                 kind=str(data.get("kind", DEFAULT_KIND)),
                 volume=from_dict(VolumeConfig, data["volume"]) if data.get("volume") is not None else None,
+                region=data.get("region"),
                 format_version=int(version),
             )
         except ConfigError as exc:
@@ -232,6 +237,7 @@ class Manifest:
             out.append(f"priors must be finite probabilities in [0, 1], got {list(self.priors)}")
         if not self.folds:
             out.append("no folds listed")
+        out.extend(self._region_problems())
 
         ids = [f.fold for f in self.folds]
         if len(set(ids)) != len(ids):
@@ -239,6 +245,22 @@ class Manifest:
         for f in self.folds:
             if len(f.sha256) != 64 or any(ch not in "0123456789abcdef" for ch in f.sha256.lower()):
                 out.append(f"fold {f.fold}: sha256 {f.sha256!r} is not a 64-digit hex digest")
+        return out
+
+    def _region_problems(self) -> list[str]:
+        """The region locator's section (issue 21): it parses, and the kind takes a region (`inference.kinds`)."""
+        if self.region is None:
+            return []
+        from .region import RegionSpec
+
+        out = []
+        try:
+            RegionSpec.from_dict(self.region)
+        except ManifestError as exc:
+            out.append(str(exc))
+        kind = KINDS.get(self.kind)
+        if kind is None or not kind.takes_region:
+            out.append(f"a region locator needs kind {', '.join(REGION_KIND_NAMES)}, not {self.kind}")
         return out
 
     def _input_problems(self) -> list[str]:
@@ -283,5 +305,11 @@ class Manifest:
             if actual != f.sha256.lower():
                 problems.append(f"fold {f.fold}: sha256 of {path} is {actual}, manifest says {f.sha256} "
                                 f"(file replaced or corrupted: re-export or rewrite the manifest)")
+        if isinstance(self.region, dict):  # issue 21: the region locator's file
+            path = folder / str(self.region.get("file", ""))
+            if not path.is_file():
+                problems.append(f"region locator {path} is missing")
+            elif sha256_file(path) != str(self.region.get("sha256", "")).lower():
+                problems.append(f"region locator {path}: sha256 differs from the manifest's")
         if problems:
             raise ManifestError(f"weights manifest in {folder} is inconsistent: " + "; ".join(problems))

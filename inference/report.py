@@ -43,6 +43,8 @@ class SeriesReport:
     member_probs: dict[str, list[float]] = field(default_factory=dict)  # a blend: each member's answer
     answer: str = "priors"
     error: str = ""
+    region: str = ""  # the region scored ("region ..."), or why the whole volume was ("whole volume: ..."); "" none
+    locate_s: float = 0.0  # the region locator's seconds (coarse copy + model)
 
     @classmethod
     def of(cls, uid: str, answer: Answer | None, *, total_s: float, degraded: str, error: str = "") -> SeriesReport:
@@ -54,7 +56,7 @@ class SeriesReport:
                    infer_s=answer.infer_s, aggregate_s=answer.aggregate_s, total_s=total_s,
                    overlapped=answer.overlapped, degraded=degraded, members_s=answer.members_s,
                    member_probs=answer.member_probs, answer="partial" if answer.partial else "model",
-                   error=answer.error)
+                   error=answer.error, region=answer.region, locate_s=answer.locate_s)
 
     def line(self) -> str:
         how = " (overlapped with infer)" if self.overlapped else ""
@@ -64,4 +66,5 @@ class SeriesReport:
         text = (f"series {self.series_uid}: {self.slices} slices {self.modality}, {scored}{level} | "
                 f"load {self.load_s:.3f}s preprocess {self.preprocess_s:.3f}s{how} infer {self.infer_s:.3f}s "
                 f"aggregate {self.aggregate_s:.4f}s | total {self.total_s:.3f}s | answer: {self.answer}")
+        text += f" | {self.region} (locator {self.locate_s:.3f}s)" if self.region else ""
         return text + (f" ({self.error})" if self.error else "")

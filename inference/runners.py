@@ -5,11 +5,11 @@ probabilities and what it cost (stage seconds, windows scored). `build_runner` p
 from its kind (`inference.kinds`) or its bundle.json (a blend: a runner over runners). The Predictor
 (`inference.predict`) adds the per-series contract around it: deadline, watchdog, priors, report.
 
-Where a new stage plugs in: a runner receives the series as a `SeriesSource` and may hand a changed volume to
-another runner. A region-of-interest stage is one Runner class wrapping a WindowRunner: its `answer` reads
-`source.load(deadline)`, crops the volume to its box, and returns `WindowRunner.answer_volume(cropped, deadline,
-degradation)` (its own seconds added to the Answer); `build_runner` wraps the kind's runner in it when the manifest
-asks for it (or `inference.kinds` names it as the runner of a new kind).
+Where a stage before the model plugs in: a runner receives the series as a `SeriesSource` and may hand a changed
+volume on (`WindowRunner.answer_volume`). The region of interest (issue 21) is such a stage: `RegionRunner`, the
+runner `inference.kinds` names for a kind when the manifest carries a region locator, reads the whole volume, crops
+it to the locator's box (`inference.region`) and scores the crop's windows; its Answer says which region it scored
+(or why the whole volume) and what the locator cost.
 """
 from __future__ import annotations
 
@@ -36,11 +36,12 @@ from .load import SeriesRestacked, SeriesStream
 from .manifest import Manifest
 from .normalize import plan_slices, preprocess_volume, sample_slices, volume_model_input, warn_if_constant_ct
 from .prepare import PreparedSlices
+from .region import Locator, RegionSpec
 from .source import SeriesSource
 from .volume import Volume
 from .windows import iter_window_batches
 
-__all__ = ["Answer", "Runner", "ModelRunner", "WindowRunner", "VolumeRunner", "BlendRunner",
+__all__ = ["Answer", "Runner", "ModelRunner", "WindowRunner", "RegionRunner", "VolumeRunner", "BlendRunner",
            "build_runner"]
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,8 @@ class Answer:
     members_s: dict[str, float] = field(default_factory=dict)  # a blend: seconds per member
     member_probs: dict[str, list[float]] = field(default_factory=dict)  # a blend: each member's answer
     error: str = ""  # a blend: the members that failed (the others answered)
+    region: str = ""  # the region scored ("region ..."), or why the whole volume was ("whole volume: ...")
+    locate_s: float = 0.0  # the region locator's seconds (coarse copy + model)
 
 
 class Runner(ABC):
@@ -252,6 +255,43 @@ class WindowRunner(ModelRunner):
         return window_probs, answer
 
 
+class RegionRunner(WindowRunner):
+    """A 2.5D window model behind a region locator (issue 21): the windows of the locator's box, or of the whole
+    volume when the locator cannot answer (the Answer's `region` says why). The locator needs the whole volume, so
+    the series is read before the windows start (no streaming); in a blend it still runs first, as the member that
+    reads the series. An unusable region section (logged) leaves a plain WindowRunner's behaviour."""
+
+    def __init__(self, bundle_dir: Path, manifest: Manifest, *, providers: list[str] | None = None,
+                 folds: list[int] | None = None, threads: int | None = None) -> None:
+        super().__init__(bundle_dir, manifest, providers=providers, folds=folds, threads=threads)
+        self.locator = _make_locator(bundle_dir, manifest)
+
+    def windows(self, source: SeriesSource, deadline: float | None,
+                degradation: Degradation) -> tuple[np.ndarray, Answer]:
+        if self.locator is None:
+            return super().windows(source, deadline, degradation)
+        ensemble = self.ensemble
+        volume = source.load(deadline)
+        located = self.locator.locate(volume)
+        if located.region is not None:
+            volume = located.region.volume
+        window_probs, answer = self._windows(ensemble, volume, None, deadline, degradation)
+        answer.load_s, answer.region, answer.locate_s = source.load_s, located.note, located.seconds
+        return window_probs, answer
+
+
+def _make_locator(bundle_dir: Path, manifest: Manifest) -> Locator | None:
+    """The manifest's region locator; None without one, or (logged) when its section is unusable."""
+    if manifest.region is None:
+        return None
+    try:
+        return Locator(bundle_dir, RegionSpec.from_dict(manifest.region))
+    except ManifestError as exc:
+        log.error("the region section of %s is unusable (%s): every series is scored on its whole volume",
+                  bundle_dir, exc)
+        return None
+
+
 class VolumeRunner(ModelRunner):
     """A volume model: the prepared stack resampled to `volume.depth` slices, one input per series."""
 
@@ -355,8 +395,8 @@ def build_runner(bundle_dir: str | Path, *, providers: list[str] | None = None, 
                                                         threads=threads) for m in weighted})
     manifest = Manifest.read(bundle_dir, verify=False)
     try:
-        runner_class = manifest.kind_spec.runner_class()
-    except Exception as exc:  # ConfigError: an unknown kind
+        runner_class = manifest.kind_spec.runner_class(region=manifest.region is not None)
+    except Exception as exc:  # ConfigError: an unknown kind, or a region locator on a kind that takes none
         raise ManifestError(f"{bundle_dir}: {exc}") from exc
     runner = runner_class(bundle_dir, manifest, providers=providers, folds=folds, threads=threads)
     if not isinstance(runner, Runner):

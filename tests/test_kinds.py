@@ -24,6 +24,9 @@ def test_every_kind_has_a_runner_and_a_trainer():
     for name, kind in KINDS.items():
         runner = kind.runner_class()
         assert isinstance(runner, type) and issubclass(runner, Runner), name
+        if kind.takes_region:  # its runner behind a region locator (issue 21)
+            region_runner = kind.runner_class(region=True)
+            assert isinstance(region_runner, type) and issubclass(region_runner, runner), name
         assert training_kind(name).spec is kind
     assert set(TRAINING_KINDS) == set(KIND_NAMES)
 
@@ -35,6 +38,7 @@ def test_every_runner_is_bundled_into_the_kernel():
 
     bundled = {f"inference.{name}" for name in runtime_modules()}
     assert {kind.runner.partition(":")[0] for kind in KINDS.values()} <= bundled
+    assert {kind.region_runner.partition(":")[0] for kind in KINDS.values() if kind.takes_region} <= bundled
 
 
 def test_kind_names_are_compared_in_one_module():

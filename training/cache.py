@@ -24,8 +24,9 @@ SERIES_TIMEOUT_S = 1800.0  # one series in a cache worker (a decoder stuck in a 
 _PLACEMENT_VERSION = 2  # bump when localizer placement changes, so cached points are recomputed
 
 
-def _points_key(rows: list[LocalizerRow]) -> str:
-    return f"{rows_hash(rows)}-v{_PLACEMENT_VERSION}"
+def _points_key(rows: list[LocalizerRow], box: dict[str, Any] | None = None) -> str:
+    key = f"{rows_hash(rows)}-v{_PLACEMENT_VERSION}"
+    return key if box is None else f"{key}-box{json.dumps(box, sort_keys=True)}"  # issue 21: region box
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,7 @@ def _read_valid(root: Path, uid: str, loc_hash: str) -> CacheEntry | None:
 
 
 def _cache_one(folder: str, uid: str, rows: list[LocalizerRow], cfg_dict: dict[str, Any], root: str,
-               in_process: bool = False) -> dict[str, Any]:
+               in_process: bool = False, box: dict[str, Any] | None = None) -> dict[str, Any]:
     """Load, preprocess (inference.normalize), place localizers, write pixels + meta atomically.
 
     Inside a cache worker process `in_process` is True: the worker is isolated already (a decoder crash costs
@@ -86,14 +87,22 @@ def _cache_one(folder: str, uid: str, rows: list[LocalizerRow], cfg_dict: dict[s
 
     cfg = from_dict(PreprocessConfig, cfg_dict)
     volume = load_series(folder, in_process=in_process)
-    prepared = preprocess_volume(volume, cfg)
-    points, problems = place_points(volume, prepared, rows)
+    if box is None:
+        prepared = preprocess_volume(volume, cfg)
+        points, problems = place_points(volume, prepared, rows)
+    else:  # issue 21: the series cropped to its region box by the kernel's own crop (inference.region)
+        from inference.region import Box, prepare_region
+
+        from .region import place_in_region
+
+        region, prepared = prepare_region(volume, Box.from_dict(box), cfg)
+        points, problems = place_in_region(volume, region, prepared, rows)
     out = Path(root)
     tmp = out / f".{uid}.{os.getpid()}.npy"
     np.save(tmp, np.ascontiguousarray(prepared.pixels, dtype=np.uint8))
     os.replace(tmp, out / f"{uid}.npy")
     meta = {"uid": uid, "modality": str(volume.modality), "shape": list(prepared.pixels.shape),
-            "points": [asdict(p) for p in points], "localizer_hash": _points_key(rows),
+            "points": [asdict(p) for p in points], "localizer_hash": _points_key(rows, box),
             "notes": problems + [f"dropped: {d}" for d in getattr(volume, "dropped", [])]}
     tmp_meta = out / f".{uid}.{os.getpid()}.json"
     tmp_meta.write_text(json.dumps(meta))
@@ -103,7 +112,7 @@ def _cache_one(folder: str, uid: str, rows: list[LocalizerRow], cfg_dict: dict[s
 
 def build_cache(folders: dict[str, Path], localizers: dict[str, list[LocalizerRow]], cfg: PreprocessConfig,
                 cache_dir: str | Path, *, workers: int = 2, progress: bool = True,
-                read_only: bool = False) -> CacheReport:
+                read_only: bool = False, boxes: dict[str, Any] | None = None) -> CacheReport:
     """Cache every series once (skipping those already cached with the same localizers) and report failures.
 
     Args:
@@ -115,14 +124,16 @@ def build_cache(folders: dict[str, Path], localizers: dict[str, list[LocalizerRo
             worker processes a series that crashes or hangs its worker (over SERIES_TIMEOUT_S) costs that series.
         progress: show a tqdm bar.
         read_only: only collect what is cached (other torchrun ranks, after rank 0 built the cache).
+        boxes: series uid -> its region box (`inference.region.Box`; None or missing: the whole volume).
     Returns:
         A CacheReport; failures are also written to `<root>/failures.json`. A failed series is skipped, not fatal.
     """
     root = cache_dir_for(cache_dir, cfg)
     report = CacheReport(root=root)
+    box_of = {u: b.to_dict() for u, b in (boxes or {}).items() if b is not None}  # issue 21: region boxes
     if read_only:
         for uid, rows in ((u, localizers.get(u, [])) for u in folders):
-            entry = _read_valid(root, uid, _points_key(rows))
+            entry = _read_valid(root, uid, _points_key(rows, box_of.get(uid)))
             if entry is not None:
                 report.entries[uid] = entry
         return report
@@ -131,7 +142,7 @@ def build_cache(folders: dict[str, Path], localizers: dict[str, list[LocalizerRo
     todo = []
     for uid, folder in folders.items():
         rows = localizers.get(uid, [])
-        entry = _read_valid(root, uid, _points_key(rows))
+        entry = _read_valid(root, uid, _points_key(rows, box_of.get(uid)))
         if entry is None:
             todo.append((str(folder), uid, rows))
         else:
@@ -152,7 +163,7 @@ def build_cache(folders: dict[str, Path], localizers: dict[str, list[LocalizerRo
     if workers <= 1:
         for folder, uid, rows in todo:
             try:
-                _done(uid, _cache_one(folder, uid, rows, cfg_dict, str(root)), None)
+                _done(uid, _cache_one(folder, uid, rows, cfg_dict, str(root), box=box_of.get(uid)), None)
             except Exception as exc:  # one bad series must not stop the cache
                 _done(uid, None, exc)
         from inference.decode_pool import shared_pool
@@ -165,7 +176,8 @@ def build_cache(folders: dict[str, Path], localizers: dict[str, list[LocalizerRo
         # or overruns costs that series, not the cache
         pool = isolated_processes(workers)
         try:
-            futures = {pool.schedule(_cache_one, args=(folder, uid, rows, cfg_dict, str(root), True),
+            futures = {pool.schedule(_cache_one, args=(folder, uid, rows, cfg_dict, str(root), True,
+                                                       box_of.get(uid)),
                                      timeout=SERIES_TIMEOUT_S): uid for folder, uid, rows in todo}
             for future in as_completed(futures):
                 try:

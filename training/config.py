@@ -21,6 +21,8 @@ from inference.config import setting as _f
 from inference.errors import ConfigError
 from inference.kinds import DEFAULT_KIND, model_kind
 
+from .region_config import RegionTrainConfig
+
 __all__ = [
     "ModelConfig",
     "SamplingConfig",
@@ -199,6 +201,7 @@ _SECTIONS: dict[str, type] = {
     "train": TrainLoopConfig,
     "cache": CacheConfig,
     "export": ExportConfig,
+    "region": RegionTrainConfig,  # issue 21: the region-of-interest stage
 }
 
 
@@ -216,6 +219,7 @@ class TrainConfig:
     train: TrainLoopConfig = field(default_factory=TrainLoopConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    region: RegionTrainConfig = field(default_factory=RegionTrainConfig)  # issue 21
 
     @property
     def input_channels(self) -> int:

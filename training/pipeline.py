@@ -7,7 +7,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -29,6 +29,9 @@ from .oof import oof_report
 from .pretrained import ensure_pretrained, pretrained_source
 from .sampling import CachedSeries
 from .stacking import fit_aggregator
+
+if TYPE_CHECKING:  # types only: training.region is imported when the config asks for it
+    from .region import RegionFit
 
 __all__ = ["run_training", "parity_windows", "config_fingerprint", "fold_file"]
 
@@ -85,6 +88,28 @@ def _install_aggregator(out_dir: Path, windows: list, stacking: dict[str, Any]) 
     return provenance["aggregation"]
 
 
+def _fit_region(cfg: TrainConfig, folders: dict[str, Path], localizers: dict[str, Any], *, cache_dir: str | Path,
+                out_dir: str | Path, world_size: int, progress: bool) -> tuple[RegionFit | None, str | Path]:
+    """The region locator fitted on the series (issue 21; `training.region.fit_region`) and the cache folder of the
+    series cropped to its boxes; (None, `cache_dir`) when the config asks for no region stage."""
+    if not cfg.region.enabled:
+        return None, cache_dir
+    from .region import fit_region
+
+    if world_size > 1:
+        raise ConfigError("region.enabled trains on one process (the locator is fitted before the folds)")
+    region = fit_region(cfg.region, folders, localizers, cache_dir=cache_dir, out_dir=out_dir,
+                        num_folds=cfg.train.num_folds, seed=cfg.train.seed, progress=progress)
+    return region, Path(cache_dir) / "region"
+
+
+def _write_region(out_dir: Path, region: RegionFit | None) -> None:
+    """The manifest in `out_dir` names the locator and its box (issue 21; nothing without a region)."""
+    if region is not None:
+        written = Manifest.read(out_dir, verify=False)
+        dataclasses.replace(written, region=region.spec.to_dict()).write(out_dir)
+
+
 def run_training(cfg: TrainConfig, *, data_dir: str | Path, out_dir: str | Path, cache_dir: str | Path,
                  checkpoint_dir: str | Path, progress: bool = True) -> dict[str, Any]:
     """Train the configured folds on the competition layout in `data_dir` and export them to `out_dir`.
@@ -108,9 +133,12 @@ def run_training(cfg: TrainConfig, *, data_dir: str | Path, out_dir: str | Path,
     folders = {uid: series_folder(data_dir, uid) for uid in table.uids}
     missing = {uid: "series folder missing" for uid, folder in folders.items() if not folder.is_dir()}
     folders = {uid: f for uid, f in folders.items() if uid not in missing}
+    # issue 21: the region locator first; the 2.5D model then trains inside its boxes (cached apart)
+    region, cache_dir = _fit_region(cfg, folders, localizers, cache_dir=cache_dir, out_dir=out_dir,
+                                    world_size=info.world_size, progress=progress)
     if info.is_main:
         report = build_cache(folders, localizers, cfg.preprocess, cache_dir, workers=cfg.cache.workers,
-                             progress=progress)
+                             progress=progress, boxes=None if region is None else region.boxes)
     info.barrier()
     if not info.is_main:
         report = build_cache(folders, localizers, cfg.preprocess, cache_dir, workers=0, progress=False,
@@ -162,6 +190,7 @@ def run_training(cfg: TrainConfig, *, data_dir: str | Path, out_dir: str | Path,
                  "cache_failures": failures}
         priors = np.mean(np.stack([labels[u] for u in uids]), axis=0)
         manifest = write_manifest(out_dir, cfg, exported + previous, priors=priors, extra_provenance=extra)
+        _write_region(out_dir, region)
         (out_dir / "train_config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         summary["manifest"] = str(manifest)
         summary["folds"] = {f: {"best_val_score": r.best_score, "best_epoch": r.best_epoch,

@@ -1,0 +1,258 @@
+"""The region stage (issue 21): one crop for trainer and kernel, the box's size rule, the locator's fallback,
+and a region bundle served without torch."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from inference.config import PreprocessConfig, to_dict
+from inference.errors import ConfigError
+from inference.kinds import VOLUME_32, WINDOW_25D
+from inference.labels import LABELS
+from inference.load import load_series
+from inference.manifest import Manifest, sha256_file
+from inference.normalize import plan_slices
+from inference.predict import Predictor
+from inference.prepare import PreparedSlices
+from inference.region import Box, Locator, RegionSpec, crop_volume, locator_input, prepare_region
+from inference.runners import RegionRunner, build_runner
+from inference.volume import Volume
+from phantom import series_spec
+from tests.conftest import small_acquisition
+from tests.onnx_models import PlantedModel, export_onnx, write_bundle, write_ct_series
+from training.cache import _cache_one
+from training.localizers import LocalizerRow
+from training.region import LocatorSample, TinyLocator, box_for, export_locator, fit_locator
+from training.region_config import RegionTrainConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+PRE = PreprocessConfig(image_size=32, ct_window=(0.0, 255.0))
+
+
+def _volume(shape=(20, 30, 40), spacing=(2.0, 1.0, 0.5), seed=0) -> Volume:
+    pixels = np.random.default_rng(seed).uniform(0, 400, size=shape).astype(np.float32)
+    return Volume(pixels=pixels, spacing=spacing, modality="CT", series_uid="s")
+
+
+def test_crop_keeps_the_voxels_whose_centres_lie_in_the_box_and_maps_points():
+    volume = _volume()
+    box = Box((6.0, 5.5, 4.0), (20.0, 20.0, 10.25))  # mm: slices 3..10, rows 6..20, cols 8..20
+    region = crop_volume(volume, box)
+    assert region.origin == (3, 6, 8)
+    np.testing.assert_array_equal(region.volume.pixels, volume.pixels[3:11, 6:21, 8:21])
+    assert region.slice_share == pytest.approx(8 / 20) and region.area_share == pytest.approx(15 * 13 / (30 * 40))
+    assert region.to_region(5, 10, 12) == (2, 4, 4)
+    assert region.holds(3, 6, 8) and region.holds(10, 20, 20)
+    assert not region.holds(2, 10, 10) and not region.holds(5, 21, 10)
+    # a box larger than the volume is clipped to it; one beside it is refused
+    assert crop_volume(volume, Box((-50, -50, -50), (500, 500, 500))).volume.pixels.shape == volume.pixels.shape
+    with pytest.raises(Exception, match="misses the volume"):
+        crop_volume(volume, Box((100.0, 0, 0), (120.0, 10, 10)))
+
+
+def test_the_trainer_caches_the_crop_the_kernel_scores(write_phantom_series, tmp_path):
+    spec = series_spec(3, modality="CTA", positive_locations=("Left Middle Cerebral Artery", "Basilar Tip"),
+                       acquisition=small_acquisition(num_slices=30))
+    folder = write_phantom_series(spec)
+    volume = load_series(folder, in_process=True)
+    rows = []
+    for aneurysm in spec.anatomy.aneurysms:
+        sop, frame, loc = spec.locate(aneurysm.centre)
+        rows.append(LocalizerRow(series_uid=spec.series_uid, sop_uid=sop, x=loc.col, y=loc.row, frame=frame or 0,
+                                 location=aneurysm.location))
+    canon = [volume.to_canonical(r.sop_uid, r.frame, r.x, r.y) for r in rows]
+    first = np.asarray(canon[0]) * np.asarray(volume.spacing)
+    box = Box.around(tuple(first), (12.0, 15.0, 15.0))  # holds the first point, not necessarily the other
+    meta = _cache_one(str(folder), spec.series_uid, rows, to_dict(PRE), str(tmp_path), in_process=True,
+                      box=box.to_dict())
+    cached = np.load(tmp_path / f"{spec.series_uid}.npy")
+
+    # the kernel: crop_volume, then the runner's own slice preparation (inference.prepare) over the crop
+    region = crop_volume(volume, box)
+    stream = PreparedSlices(region.volume.pixels, plan_slices(region.volume, PRE))
+    stream.wait(region.volume.num_slices)
+    stream.close()
+    np.testing.assert_array_equal(cached, stream.stack)
+    np.testing.assert_array_equal(cached, prepare_region(volume, box, PRE)[1].pixels)
+    assert cached.shape[0] < volume.num_slices
+
+    # localizer points land in the crop's prepared stack; a point outside the box is dropped with a note
+    _, prepared = prepare_region(volume, box, PRE)
+    inside = [c for c in canon if region.holds(*c)]
+    assert len(meta["points"]) == len(inside) >= 1
+    z, r, c = prepared.canonical_to_prepared(*region.to_region(*inside[0]))
+    assert (meta["points"][0]["z"], meta["points"][0]["row"], meta["points"][0]["col"]) == pytest.approx((z, r, c))
+    if len(inside) < len(canon):
+        assert any("outside the region box" in n for n in meta["notes"])
+
+
+def _samples(count: int, seed: int = 0) -> dict[str, LocatorSample]:
+    """Coarse copies with a bright cube whose centre the points surround (the locator can learn it)."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for i in range(count):
+        shape = (24, 32, 32)
+        centre = rng.uniform([6, 8, 8], [18, 24, 24])
+        coarse = np.zeros(shape, np.uint8)
+        lo, hi = np.floor(centre - 3).astype(int), np.ceil(centre + 3).astype(int)
+        coarse[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = 200
+        spacing = (4.0, 3.0, 3.0)
+        points = (centre[None] + rng.normal(0, 2.0, size=(int(rng.integers(1, 4)), 3))) * np.asarray(spacing)
+        out[f"s{i}"] = LocatorSample(uid=f"s{i}", coarse=coarse, coarse_spacing=spacing, shape=shape,
+                                     spacing=spacing, points_mm=points)
+    return out
+
+
+@pytest.fixture
+def one_thread():
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny model: more threads only spin-wait on a shared machine
+    yield
+    torch.set_num_threads(before)
+
+
+def test_the_box_holds_the_out_of_fold_points_it_was_sized_on(one_thread):
+    samples = _samples(18)
+    cfg = RegionTrainConfig(enabled=True, input_size=16, steps=40, augment_copies=2, recall=0.995, margin_mm=0.0,
+                            min_half_mm=1.0)
+    fit = fit_locator(samples, cfg, num_folds=3, seed=0, progress=False)
+    spec = cfg.spec(half_size_mm=fit.half_size_mm)
+    held = [(s, box_for(s, fit.oof[s.uid], spec)[0]) for s in samples.values()]
+    inside = [box.contains(tuple(p)) for s, box in held for p in s.points_mm]
+    assert np.mean(inside) >= cfg.recall and fit.stats["oof_recall"] == pytest.approx(np.mean(inside), abs=1e-4)
+    # a smaller box misses some of them: the half-size is what holds them, not a box as large as the volume
+    small = cfg.spec(half_size_mm=tuple(h * 0.5 for h in fit.half_size_mm))
+    assert not all(box_for(s, fit.oof[s.uid], small)[0].contains(tuple(p)) for s in samples.values()
+                   for p in s.points_mm)
+
+
+@pytest.fixture(scope="module")
+def region_bundle(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("region_bundle")
+    export_onnx(PlantedModel(5), folder / "fold0.onnx", channels=5, size=32)
+    write_bundle(folder, [folder / "fold0.onnx"], preprocess=PRE)
+    spec = RegionSpec(input_size=16, half_size_mm=(6.0, 8.0, 8.0), min_slices=8, min_extent_mm=5.0)
+    examples = np.random.default_rng(0).uniform(0, 1, size=(2, 6, 16, 16)).astype(np.float32)
+    export_locator(TinyLocator(16).eval(), folder / spec.file, spec, examples)
+    spec = dataclasses.replace(spec, sha256=sha256_file(folder / spec.file))
+    manifest = Manifest.read(folder, verify=True)
+    dataclasses.replace(manifest, region=spec.to_dict()).write(folder)
+    Manifest.read(folder, verify=True)  # the locator's hash is checked with the folds
+    return folder
+
+
+def test_a_region_bundle_scores_the_box_and_falls_back_to_the_whole_volume(region_bundle, tmp_path):
+    series = tmp_path / "many"
+    write_ct_series(series, np.random.default_rng(1).uniform(0, 400, size=(20, 40, 40)), spacing=(1.0, 0.5, 0.5))
+    predictor = Predictor(region_bundle, providers=["CPUExecutionProvider"])
+    values, report = predictor.predict_series(series)
+    assert report.answer == "model" and report.region.startswith("region"), report.line()
+    assert report.slices < 20 and np.all(np.isfinite(values))
+
+    one = tmp_path / "one"  # a one-slice series: the locator cannot read it, the whole volume answers
+    write_ct_series(one, np.random.default_rng(2).uniform(0, 400, size=(1, 40, 40)))
+    values, report = predictor.predict_series(one)
+    assert report.answer == "model" and report.region.startswith("whole volume"), report.line()
+    assert values.shape == (len(LABELS),) and np.all((values >= 0) & (values <= 1))
+
+
+def test_the_region_stage_is_the_kinds_region_runner(region_bundle, tmp_path):
+    """One place: the registry names the runner of a region bundle (RegionRunner, whose windows, what the out-of-fold
+    pass reads, are the box's); a kind that takes no region is refused by the manifest and by the registry."""
+    runner = build_runner(region_bundle, providers=["CPUExecutionProvider"])
+    assert isinstance(runner, RegionRunner) and runner.locator is not None
+    series = tmp_path / "many"
+    write_ct_series(series, np.random.default_rng(1).uniform(0, 400, size=(20, 40, 40)), spacing=(1.0, 0.5, 0.5))
+    window_probs, answer = Predictor(region_bundle, providers=["CPUExecutionProvider"]).window_answer(series)
+    assert answer.region.startswith("region") and answer.slices < 20 and answer.locate_s > 0
+    assert window_probs.shape == (answer.windows, len(LABELS)) and answer.windows == answer.windows_total
+
+    manifest = Manifest.read(region_bundle, verify=False)
+    assert not any("region" in p for p in manifest.problems())
+    volume_kind = dataclasses.replace(manifest, kind=VOLUME_32.name)
+    assert f"a region locator needs kind {WINDOW_25D.name}, not {VOLUME_32.name}" in volume_kind.problems()
+    with pytest.raises(ConfigError, match="a region locator needs kind"):
+        VOLUME_32.runner_class(region=True)
+    assert WINDOW_25D.runner_class(region=True) is RegionRunner
+
+
+def test_a_broken_locator_costs_the_region_not_the_series(region_bundle, tmp_path):
+    broken = Path(shutil.copytree(region_bundle, tmp_path / "broken"))
+    (broken / "locator.onnx").write_bytes(b"not an onnx file")  # hashed into the manifest: only running it fails
+    manifest = Manifest.read(broken, verify=False)
+    region = {**manifest.region, "sha256": sha256_file(broken / "locator.onnx")}
+    dataclasses.replace(manifest, region=region).write(broken)
+    series = tmp_path / "s"
+    write_ct_series(series, np.random.default_rng(3).uniform(0, 400, size=(12, 40, 40)), spacing=(1.0, 0.5, 0.5))
+    values, report = Predictor(broken, providers=["CPUExecutionProvider"]).predict_series(series)
+    assert report.answer == "model" and report.region.startswith("whole volume: locator failed"), report.line()
+    assert report.slices == 12 and np.all(np.isfinite(values))
+    # the locator's own checks: an implausible centre gives no region
+    spec = RegionSpec(input_size=16, min_slices=8, min_extent_mm=5.0)
+    locator = Locator(region_bundle, spec)
+    locator.fraction = lambda volume: (np.array([3.0, 0.5, 0.5]), (12, 40, 40), (1.0, 0.5, 0.5))
+    answer = locator.locate(load_series(series, in_process=True))
+    assert answer.region is None and "outside the volume" in answer.note
+
+
+def test_locator_input_is_six_projections_in_unit_range():
+    coarse = np.zeros((10, 20, 30), np.uint8)
+    coarse[2, 5, 7] = 255
+    x = locator_input(coarse, RegionSpec(input_size=16))
+    assert x.shape == (6, 16, 16) and x.dtype == np.float32 and 0.0 <= x.min() and x.max() <= 1.0
+    assert x[0].max() > 0 and x[1].max() > 0 and x[2].max() > 0
+
+
+def test_a_region_bundle_runs_without_torch(region_bundle, tmp_path):
+    series = tmp_path / "s"
+    write_ct_series(series, np.random.default_rng(4).uniform(0, 400, size=(16, 40, 40)), spacing=(1.0, 0.5, 0.5))
+    code = textwrap.dedent(f"""
+        import json, sys
+        sys.modules["torch"] = None  # any import of torch now fails
+        from inference.predict import Predictor
+        import inference.kernel, inference.gateway
+        values, report = Predictor({str(region_bundle)!r}, providers=["CPUExecutionProvider"]).predict_series(
+            {str(series)!r})
+        print(json.dumps({{"region": report.region, "answer": report.answer, "row": [float(v) for v in values]}}))
+    """)
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["answer"] == "model" and report["region"].startswith("region"), report
+
+
+def test_the_region_preset_is_the_tiny_preset_plus_the_region_stage():
+    from training.config import load_config
+
+    tiny, region = load_config(ROOT / "configs" / "tiny.yaml"), load_config(ROOT / "configs" / "tiny_region.yaml")
+    assert region.region.enabled and not tiny.region.enabled
+    assert dataclasses.replace(region, region=tiny.region) == tiny  # rows compare at the same training budget
+
+
+def test_the_build_checks_bundles_and_declares_the_locator(region_bundle, tmp_path):
+    from bundle.build import build
+    from bundle.options import BUNDLE_MARKER, BuildError, BuildOptions
+
+    result = build(BuildOptions(weights=region_bundle, out=tmp_path / "dist"))
+    weights = result.dataset_dir / "weights"
+    bundled = Manifest.read(weights, verify=True)  # the locator travelled with its hash
+    assert bundled.region is not None and (weights / bundled.region["file"]).is_file()
+    assert "locator.onnx" in result.opsets and "region" in result.modules
+    assert json.loads((result.dataset_dir / BUNDLE_MARKER).read_text())["region"] == {"model": True}
+    broken = Path(shutil.copytree(region_bundle, tmp_path / "broken"))
+    (broken / "locator.onnx").write_bytes(b"not an onnx file")
+    manifest = Manifest.read(broken, verify=False)
+    dataclasses.replace(manifest, region={**manifest.region, "sha256": sha256_file(broken / "locator.onnx")}).write(
+        broken)
+    with pytest.raises(BuildError, match="region locator"):
+        build(BuildOptions(weights=broken, out=tmp_path / "dist2"))
