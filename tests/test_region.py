@@ -29,9 +29,9 @@ from phantom import series_spec
 from tests.conftest import small_acquisition
 from tests.onnx_models import PlantedModel, export_onnx, write_bundle, write_ct_series
 from training.cache import _cache_one
+from training.config import RegionTrainConfig
 from training.localizers import LocalizerRow
 from training.region import LocatorSample, TinyLocator, box_for, export_locator, fit_locator
-from training.region_config import RegionTrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 PRE = PreprocessConfig(image_size=32, ct_window=(0.0, 255.0))

@@ -20,8 +20,7 @@ from inference.config import (
 from inference.config import setting as _f
 from inference.errors import ConfigError
 from inference.kinds import DEFAULT_KIND, model_kind
-
-from .region_config import RegionTrainConfig
+from inference.region import RegionSpec
 
 __all__ = [
     "ModelConfig",
@@ -30,6 +29,7 @@ __all__ = [
     "TrainLoopConfig",
     "CacheConfig",
     "ExportConfig",
+    "RegionTrainConfig",
     "TrainConfig",
     "load_config",
     "apply_overrides",
@@ -43,6 +43,14 @@ def _require_fractions(section: Any, prefix: str, names: tuple[str, ...]) -> Non
         value = getattr(section, name)
         if not 0.0 <= value <= 1.0:
             raise ConfigError(f"{prefix}.{name} must be in [0, 1], got {value}")
+
+
+def _require_counts(section: Any, prefix: str, names: tuple[str, ...]) -> None:
+    """ConfigError unless each of these fields (counts, sizes) is at least 1."""
+    for name in names:
+        value = getattr(section, name)
+        if value < 1:
+            raise ConfigError(f"{prefix}.{name} must be >= 1, got {value}")
 
 
 @dataclass(frozen=True)
@@ -159,10 +167,8 @@ class TrainLoopConfig:
             raise ConfigError(f"train.present_weight must be positive, got {self.present_weight}")
         if self.optimizer not in ("adamw", "adam"):
             raise ConfigError(f"train.optimizer must be adamw or adam, got {self.optimizer!r}")
-        for name in ("epochs", "windows_per_epoch", "batch_size", "val_stride", "val_every", "mine_every",
-                     "mine_max_series", "mine_per_series"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        _require_counts(self, "train", ("epochs", "windows_per_epoch", "batch_size", "val_stride", "val_every",
+                                        "mine_every", "mine_max_series", "mine_per_series"))
 
 
 @dataclass(frozen=True)
@@ -188,6 +194,34 @@ class ExportConfig:
     def __post_init__(self) -> None:
         if self.opset < 17:
             raise ConfigError(f"export.opset must be >= 17, got {self.opset}")
+
+
+@dataclass(frozen=True)
+class RegionTrainConfig:
+    """The region stage (issue 21): the locator, its box and the 2.5D model trained inside the box."""
+
+    enabled: bool = _f(False, "find the circle of Willis first and train/score the 2.5D model inside its box")
+    input_size: int = _f(64, "side of each of the locator's six projections")
+    max_slices: int = _f(64, "the coarse copy keeps every k-th slice, at most this many")
+    max_side: int = _f(128, "the coarse copy keeps every s-th row/column, at most this many a side")
+    steps: int = _f(400, "locator optimisation steps per model (K folds + the final model)")
+    batch_size: int = _f(32, "locator batch size")
+    lr: float = _f(0.003, "locator learning rate (AdamW, cosine)")
+    augment_copies: int = _f(6, "random sub-crops (+ left/right flips) of each positive series per model")
+    recall: float = _f(0.995, "share of out-of-fold points the box must hold")
+    margin_mm: float = _f(4.0, "added to the box's half-size along every axis")
+    min_half_mm: float = _f(15.0, "the box's half-size is at least this along every axis")
+    workers: int = _f(2, "worker processes reading the coarse copies")
+
+    def __post_init__(self) -> None:
+        if not 0.5 <= self.recall <= 1.0:
+            raise ConfigError(f"region.recall must be in [0.5, 1], got {self.recall}")
+        _require_counts(self, "region", ("input_size", "max_slices", "max_side", "steps", "batch_size",
+                                         "augment_copies"))
+
+    def spec(self, **values: Any) -> RegionSpec:
+        """The kernel's RegionSpec with this config's coarse sizes."""
+        return RegionSpec(input_size=self.input_size, max_slices=self.max_slices, max_side=self.max_side, **values)
 
 
 _SECTIONS: dict[str, type] = {

@@ -38,8 +38,8 @@ from inference.region import (
     locator_input,
 )
 
+from .config import RegionTrainConfig
 from .localizers import LocalizerRow, place_points
-from .region_config import RegionTrainConfig
 
 __all__ = ["LocatorSample", "LocatorFit", "TinyLocator", "collect_samples", "fit_locator",
            "export_locator", "fit_region", "RegionFit", "CanonicalPlacement", "place_in_region", "box_key", "box_for"]
