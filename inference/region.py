@@ -23,7 +23,7 @@ import numpy as np
 
 from .config import PreprocessConfig
 from .errors import InferenceError, ManifestError
-from .normalize import PreparedVolume, preprocess_volume
+from .normalize import PreparedVolume, preprocess_volume, to_uint8
 from .volume import Volume
 
 __all__ = ["Box", "Region", "RegionSpec", "RegionAnswer", "Locator", "crop_volume", "prepare_region",
@@ -220,9 +220,11 @@ def coarse_volume(volume: Volume, spec: RegionSpec) -> tuple[np.ndarray, tuple[f
         low, high = np.percentile(finite, spec.mr_percentiles) if finite.size else (0.0, 1.0)
         if not high > low:
             high = low + 1.0
-    scaled = np.clip((np.nan_to_num(coarse, nan=low) - low) * (255.0 / (high - low)), 0.0, 255.0)
+    # the 2.5D path's own mapping, applied to the copy's slices at once (as one tall 2D image)
+    finite_coarse = np.nan_to_num(coarse, nan=low).reshape(-1, coarse.shape[-1])
+    scaled = to_uint8(finite_coarse, float(low), float(high)).reshape(coarse.shape)
     spacing = tuple(float(v) for v in volume.spacing)
-    return np.rint(scaled).astype(np.uint8), (spacing[0] * k, spacing[1] * s, spacing[2] * s)
+    return scaled, (spacing[0] * k, spacing[1] * s, spacing[2] * s)
 
 
 def locator_input(coarse: np.ndarray, spec: RegionSpec) -> np.ndarray:
