@@ -1,10 +1,11 @@
 """The region of interest: a box in the volume's millimetres, the ONE crop (trainer = kernel), and the locator.
 
-The locator is a tiny ONNX model trained by `training/region.py` on the localizer points of positive series: from
-a coarse copy of the canonical volume (every k-th slice, low resolution) it regresses the centre of the circle of
-Willis as a fraction of the volume's extent along each canonical axis; the box is that centre +- the half-size the
-trainer measured out of fold (so that >= 99.5% of held-out points fall inside). When the locator cannot run or its
-answer is implausible, the series is answered on the whole volume and the report says why.
+The locator is a tiny ONNX model trained by `training/region.py` on the localizer points of positive series:
+from a coarse copy of the canonical volume (every k-th slice, low resolution) it regresses a reference point of
+the circle of Willis as a fraction of the volume's extent along each canonical axis; the box is that point +
+shift +- the half-size the trainer measured out of fold (so that >= 99.5% of held-out points fall inside). When
+the locator cannot run or its answer is implausible, the series is answered on the whole volume and the report
+says why.
 
 Coordinates: canonical voxel (slice, row, col) index i along an axis sits at i * spacing mm (voxel 0 at 0 mm).
 """
@@ -158,6 +159,7 @@ class RegionSpec:
         ct_window: Hounsfield units mapped to 0..1 in the coarse copy (MR: the percentiles below).
         mr_percentiles: MR intensities between these percentiles of the coarse copy map to 0..1.
         half_size_mm: the box's half-size along (slice, row, col), measured out of fold by the trainer.
+        shift_mm: the box's centre minus the locator's reference point (mm; the sites lie more below it than above).
         min_slices: fewer slices than this: no region (the whole volume answers).
         min_extent_mm: a volume shorter than this along an axis: no region.
         max_outside: a predicted centre further than this fraction of the extent outside the volume: implausible.
@@ -172,22 +174,25 @@ class RegionSpec:
     ct_window: tuple[float, float] = (0.0, 500.0)
     mr_percentiles: tuple[float, float] = (1.0, 99.0)
     half_size_mm: tuple[float, float, float] = (40.0, 50.0, 50.0)
+    shift_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)
     min_slices: int = 8
     min_extent_mm: float = 20.0
     max_outside: float = 0.1
     stats: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for name in ("ct_window", "mr_percentiles", "half_size_mm"):
+        for name in ("ct_window", "mr_percentiles", "half_size_mm", "shift_mm"):
             object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
         if self.input_size < 8 or self.max_slices < 2 or self.max_side < 8:
             raise ManifestError(f"region: bad coarse sizes {self.input_size}, {self.max_slices}, {self.max_side}")
         if len(self.half_size_mm) != 3 or not all(math.isfinite(h) and h > 0 for h in self.half_size_mm):
             raise ManifestError(f"region: half_size_mm must be 3 positive numbers, got {self.half_size_mm}")
+        if len(self.shift_mm) != 3 or not all(math.isfinite(v) for v in self.shift_mm):
+            raise ManifestError(f"region: shift_mm must be 3 finite numbers, got {self.shift_mm}")
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
-        for name in ("ct_window", "mr_percentiles", "half_size_mm"):
+        for name in ("ct_window", "mr_percentiles", "half_size_mm", "shift_mm"):
             data[name] = list(data[name])
         return data
 
@@ -241,9 +246,11 @@ def locator_input(coarse: np.ndarray, spec: RegionSpec) -> np.ndarray:
 
 
 def box_from_fraction(fraction: np.ndarray, coarse_shape: tuple[int, int, int],
-                      coarse_spacing: tuple[float, float, float], half: tuple[float, float, float]) -> Box:
-    """The box around a centre given as a fraction of the coarse copy's extent along each axis."""
-    centre = tuple(float(f) * max(m - 1, 1) * sp for f, m, sp in zip(fraction, coarse_shape, coarse_spacing))
+                      coarse_spacing: tuple[float, float, float], half: tuple[float, float, float],
+                      shift: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> Box:
+    """The box (reference + shift) +- half, the reference given as a fraction of the coarse copy's extent."""
+    centre = tuple(float(f) * max(m - 1, 1) * sp + d
+                   for f, m, sp, d in zip(fraction, coarse_shape, coarse_spacing, shift))
     return Box.around(centre, half)  # type: ignore[arg-type]
 
 
@@ -322,7 +329,8 @@ class Locator:
             problem = check_box(shape, tuple(volume.spacing), fraction, self.spec)
             if problem:
                 return RegionAnswer(None, f"whole volume: {problem}", time.perf_counter() - start)
-            box = box_from_fraction(fraction, coarse_shape, coarse_spacing, self.spec.half_size_mm)
+            box = box_from_fraction(fraction, coarse_shape, coarse_spacing, self.spec.half_size_mm,
+                                    self.spec.shift_mm)
             region = crop_volume(volume, box)
             note = (f"region {region.volume.pixels.shape} of {shape}: {region.slice_share:.0%} of the slices, "
                     f"{region.area_share:.0%} of the area")

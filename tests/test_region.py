@@ -16,7 +16,7 @@ import pytest
 from inference.config import PreprocessConfig, to_dict
 from inference.errors import ConfigError
 from inference.kinds import VOLUME_32, WINDOW_25D
-from inference.labels import LABELS
+from inference.labels import LABELS, LOCATION_LABELS
 from inference.load import load_series
 from inference.manifest import Manifest, sha256_file
 from inference.normalize import plan_slices
@@ -31,7 +31,7 @@ from tests.onnx_models import PlantedModel, export_onnx, write_bundle, write_ct_
 from training.cache import _cache_one
 from training.config import RegionTrainConfig
 from training.localizers import LocalizerRow
-from training.region import LocatorSample, TinyLocator, box_for, export_locator, fit_locator
+from training.region import LocatorSample, TinyLocator, box_for, export_locator, fit_locator, view
 
 ROOT = Path(__file__).resolve().parents[1]
 PRE = PreprocessConfig(image_size=32, ct_window=(0.0, 255.0))
@@ -94,20 +94,27 @@ def test_the_trainer_caches_the_crop_the_kernel_scores(write_phantom_series, tmp
         assert any("outside the region box" in n for n in meta["notes"])
 
 
+# three sites around the reference (coarse voxels): left and right partners and a midline one below
+_SITES = {0: (2.0, 0.0, 5.0), 1: (2.0, 0.0, -5.0), 11: (-4.0, 3.0, 0.0)}
+
+
 def _samples(count: int, seed: int = 0) -> dict[str, LocatorSample]:
-    """Coarse copies with a bright cube whose centre the points surround (the locator can learn it)."""
+    """Coarse copies with a bright cube at the reference; each point sits at its location's site around it (the
+    locator can learn both)."""
     rng = np.random.default_rng(seed)
     out = {}
     for i in range(count):
         shape = (24, 32, 32)
-        centre = rng.uniform([6, 8, 8], [18, 24, 24])
+        centre = rng.uniform([8, 8, 10], [16, 24, 22])
         coarse = np.zeros(shape, np.uint8)
         lo, hi = np.floor(centre - 3).astype(int), np.ceil(centre + 3).astype(int)
         coarse[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = 200
         spacing = (4.0, 3.0, 3.0)
-        points = (centre[None] + rng.normal(0, 2.0, size=(int(rng.integers(1, 4)), 3))) * np.asarray(spacing)
+        locations = rng.choice(sorted(_SITES), size=int(rng.integers(1, 3)), replace=False)
+        sites = np.array([_SITES[int(k)] for k in locations])
+        points = (centre[None] + sites + rng.normal(0, 0.3, size=sites.shape)) * np.asarray(spacing)
         out[f"s{i}"] = LocatorSample(uid=f"s{i}", coarse=coarse, coarse_spacing=spacing, shape=shape,
-                                     spacing=spacing, points_mm=points)
+                                     spacing=spacing, points_mm=points, locations=locations)
     return out
 
 
@@ -126,12 +133,12 @@ def test_the_box_holds_the_out_of_fold_points_it_was_sized_on(one_thread):
     cfg = RegionTrainConfig(enabled=True, input_size=16, steps=40, augment_copies=2, recall=0.995, margin_mm=0.0,
                             min_half_mm=1.0)
     fit = fit_locator(samples, cfg, num_folds=3, seed=0, progress=False)
-    spec = cfg.spec(half_size_mm=fit.half_size_mm)
+    spec = cfg.spec(half_size_mm=fit.half_size_mm, shift_mm=fit.shift_mm)
     held = [(s, box_for(s, fit.oof[s.uid], spec)[0]) for s in samples.values()]
     inside = [box.contains(tuple(p)) for s, box in held for p in s.points_mm]
     assert np.mean(inside) >= cfg.recall and fit.stats["oof_recall"] == pytest.approx(np.mean(inside), abs=1e-4)
     # a smaller box misses some of them: the half-size is what holds them, not a box as large as the volume
-    small = cfg.spec(half_size_mm=tuple(h * 0.5 for h in fit.half_size_mm))
+    small = cfg.spec(half_size_mm=tuple(h * 0.5 for h in fit.half_size_mm), shift_mm=fit.shift_mm)
     assert not all(box_for(s, fit.oof[s.uid], small)[0].contains(tuple(p)) for s in samples.values()
                    for p in s.points_mm)
 
@@ -256,3 +263,37 @@ def test_the_build_checks_bundles_and_declares_the_locator(region_bundle, tmp_pa
         broken)
     with pytest.raises(BuildError, match="region locator"):
         build(BuildOptions(weights=broken, out=tmp_path / "dist2"))
+
+
+def test_a_mirrored_view_keeps_each_point_on_its_voxel_and_swaps_left_and_right():
+    coarse = np.zeros((10, 12, 14), np.uint8)
+    spacing = (3.0, 2.0, 2.0)
+    voxels = np.array([[4, 5, 3], [6, 7, 11]])  # a left and a midline point
+    coarse[tuple(voxels.T)] = 255
+    sample = LocatorSample(uid="s", coarse=coarse, coarse_spacing=spacing, shape=(20, 24, 28), spacing=(1.5, 1, 1),
+                           points_mm=voxels * np.asarray(spacing), locations=[LOCATION_LABELS.index(
+                               "Left Middle Cerebral Artery"), LOCATION_LABELS.index("Basilar Tip")])
+    lo, hi = np.array([1, 2, 2]), np.array([9, 11, 13])
+    for mirror in (False, True):
+        crop, points, locations, extent = view(sample, lo, hi, mirror)
+        assert extent.tolist() == [(8 - 1) * 3.0, (9 - 1) * 2.0, (11 - 1) * 2.0]
+        index = np.round(points / np.asarray(spacing)).astype(int)
+        assert all(crop[tuple(i)] == 255 for i in index)  # each point still on its bright voxel
+        names = [LOCATION_LABELS[k] for k in locations]
+        side = "Right" if mirror else "Left"
+        assert names == [f"{side} Middle Cerebral Artery", "Basilar Tip"]
+
+
+def test_the_site_offsets_learn_the_layout_so_the_reference_is_tighter_than_the_points(one_thread):
+    """Points at different sites pin down one reference: out of fold, a point lies closer to its own predicted
+    site than the sites lie to each other (what regressing the mean of the points could not give)."""
+    samples = _samples(24, seed=3)
+    cfg = RegionTrainConfig(enabled=True, input_size=16, steps=150, augment_copies=2, recall=0.995, margin_mm=0.0,
+                            min_half_mm=1.0)
+    fit = fit_locator(samples, cfg, num_folds=3, seed=0, progress=False)
+    sites = np.array([fit.stats["sites_mm"][LOCATION_LABELS[k]] for k in (0, 1, 11)])
+    truth = np.array([_SITES[k] for k in (0, 1, 11)]) * np.array([4.0, 3.0, 3.0])
+    learned, expected = sites - sites.mean(axis=0), truth - truth.mean(axis=0)
+    assert np.abs(learned - expected).max() < 6.0, (learned, expected)  # sites 15-30 mm apart
+    spread = np.linalg.norm(expected, axis=1).mean()
+    assert fit.stats["oof_site_error_mm"]["median"] < spread / 2, (fit.stats, spread)

@@ -1,11 +1,15 @@
 """The region locator's training: coarse copies and localizer points, K-fold fit, out-of-fold box size, ONNX.
 
-The locator learns from what the real data offers: the localizer points of positive series (negatives have no
-point and do not train it). A tiny CNN reads the coarse copy's six projections (`inference.region.locator_input`)
-and regresses the centre of the series' points as a fraction of the extent along each canonical axis. The box's
-half-size is then set from the out-of-fold distances between the points and the predicted centre (per axis, the
-quantile that keeps `recall` of them inside, plus a margin), so the box holds both the spread of the locations
-and the locator's own error. The 2.5D model then trains inside the boxes the locator gives each training series
+The locator learns from what the real data offers: the localizer points of positive series and their location
+names (negatives have no point and do not train it). A tiny CNN reads the coarse copy's six projections
+(`inference.region.locator_input`) and regresses a reference point of the circle of Willis as a fraction of the
+extent along each canonical axis; 13 learned site offsets (mm, one per location, mean zero) carry it to each
+location, and the loss is each localizer point's distance from its own location's site. A series' points thus pin
+down the reference even though they lie at different sites (the mean of the points, regressed directly, is off by
+the spread of the sites: 20-25 mm on the phantom). The box is then set from the out-of-fold offsets between the
+points and the predicted reference (per axis and side, the quantile that keeps `recall` of them inside, plus a
+margin): it holds every site and the locator's own error, and is not centred on the reference (the sites span
+more below it than above). The 2.5D model then trains inside the boxes the locator gives each training series
 out of fold (its held-out fold model for a positive, the final model for a negative, which never trains it), so
 its training crops are distributed like the kernel's, never perfect.
 """
@@ -26,6 +30,7 @@ import torch
 import torch.nn as nn
 
 from inference.errors import ConfigError, KitError
+from inference.labels import LOCATION_LABELS, LR_SWAP_INDEX
 from inference.progress import Progress
 from inference.region import (
     LOCATOR_INPUT,
@@ -41,7 +46,7 @@ from inference.region import (
 from .config import RegionTrainConfig
 from .localizers import LocalizerRow, place_points
 
-__all__ = ["LocatorSample", "LocatorFit", "TinyLocator", "collect_samples", "fit_locator",
+__all__ = ["LocatorSample", "LocatorFit", "TinyLocator", "collect_samples", "fit_locator", "view", "site_loss",
            "export_locator", "fit_region", "RegionFit", "CanonicalPlacement", "place_in_region", "box_key", "box_for"]
 
 log = logging.getLogger(__name__)
@@ -57,12 +62,18 @@ class LocatorSample:
     shape: tuple[int, int, int]
     spacing: tuple[float, float, float]
     points_mm: np.ndarray  # (N, 3) canonical mm, N = 0 for a negative
+    locations: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # (N,) LOCATION_LABELS indices
+
+    def __post_init__(self) -> None:
+        self.points_mm = np.asarray(self.points_mm, dtype=np.float64).reshape(-1, 3)
+        self.locations = np.asarray(self.locations, dtype=np.int64).reshape(-1)
+        if len(self.locations) != len(self.points_mm):
+            raise ValueError(f"series {self.uid}: {len(self.points_mm)} points but {len(self.locations)} locations")
 
     @property
-    def target(self) -> np.ndarray:
-        """The centre of the points as a fraction of the coarse copy's extent (what the locator regresses)."""
-        extent = np.array([max(m - 1, 1) * sp for m, sp in zip(self.coarse.shape, self.coarse_spacing)])
-        return self.points_mm.mean(axis=0) / extent
+    def extent_mm(self) -> np.ndarray:
+        """The coarse copy's extent along each axis (mm): what a fraction of 1 means."""
+        return np.array([max(m - 1, 1) * sp for m, sp in zip(self.coarse.shape, self.coarse_spacing)])
 
 
 class CanonicalPlacement:
@@ -87,10 +98,11 @@ def _read_one(folder: str, uid: str, rows: list[LocalizerRow], spec_dict: dict[s
     points, _ = place_points(volume, CanonicalPlacement(volume.pixels), rows)
     spacing = np.asarray(volume.spacing, dtype=np.float64)
     mm = np.array([[p.z, p.row, p.col] for p in points], dtype=np.float64).reshape(-1, 3) * spacing[None, :]
+    locations = np.array([p.location for p in points], dtype=np.int64)
     path = Path(out) / f"{uid}.npz"
     tmp = Path(out) / f".{uid}.{os.getpid()}.npz"
     np.savez(tmp, coarse=coarse, coarse_spacing=np.asarray(coarse_spacing), shape=np.asarray(volume.pixels.shape),
-             spacing=spacing, points_mm=mm)
+             spacing=spacing, points_mm=mm, locations=locations)
     os.replace(tmp, path)
     return str(path)
 
@@ -99,14 +111,14 @@ def _load_sample(uid: str, path: Path) -> LocatorSample:
     with np.load(path) as data:
         return LocatorSample(uid=uid, coarse=data["coarse"], coarse_spacing=tuple(data["coarse_spacing"].tolist()),
                              shape=tuple(int(v) for v in data["shape"]), spacing=tuple(data["spacing"].tolist()),
-                             points_mm=data["points_mm"].reshape(-1, 3))
+                             points_mm=data["points_mm"].reshape(-1, 3), locations=data["locations"])
 
 
 def collect_samples(folders: dict[str, Path], localizers: dict[str, list[LocalizerRow]], spec: RegionSpec,
                     cache_dir: str | Path, *, workers: int = 2, progress: bool = True) -> dict[str, LocatorSample]:
     """Every series' coarse copy and points, cached under `cache_dir/locator-<hash>/` (a failed series is skipped,
     as in the volume cache)."""
-    key = json.dumps({"spec": [spec.input_size, spec.max_slices, spec.max_side, list(spec.ct_window),
+    key = json.dumps({"version": 2, "spec": [spec.input_size, spec.max_slices, spec.max_side, list(spec.ct_window),
                                list(spec.mr_percentiles)],
                       "rows": sorted(f"{u}:{r}" for u, rs in localizers.items() for r in rs)}, sort_keys=True)
     root = Path(cache_dir) / f"locator-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
@@ -141,8 +153,16 @@ def collect_samples(folders: dict[str, Path], localizers: dict[str, list[Localiz
     return {uid: _load_sample(uid, root / f"{uid}.npz") for uid in folders if (root / f"{uid}.npz").is_file()}
 
 
+# a left/right mirror of the volume swaps each location with its partner
+_MIRRORED_LOCATION = np.array(LR_SWAP_INDEX[:len(LOCATION_LABELS)], dtype=np.int64)
+
+
 class TinyLocator(nn.Module):
-    """Six 0..1 projections (6, S, S) -> the centre's three fractions (no sigmoid: a centre may lie outside)."""
+    """Six 0..1 projections (6, S, S) -> the reference point's three fractions (no sigmoid: it may lie outside).
+
+    `site_offsets` (13, 3, in cm; trained, not exported) carry the reference to each location's site: the loss of a
+    localizer point is its distance from its own site. The ONNX graph is the reference alone.
+    """
 
     def __init__(self, size: int = 64) -> None:
         super().__init__()
@@ -153,54 +173,104 @@ class TinyLocator(nn.Module):
         self.features = nn.Sequential(*layers)
         cells = max(1, size // 16)
         self.head = nn.Sequential(nn.Flatten(), nn.Linear(64 * cells * cells, 64), nn.ReLU(), nn.Linear(64, 3))
+        self.site_offsets = nn.Parameter(torch.zeros(len(LOCATION_LABELS), 3))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x)) + 0.5
 
+    def sites_mm(self) -> torch.Tensor:
+        """(13, 3) each location's offset from the reference (mm), mean zero (the reference is the sites' centre)."""
+        return (self.site_offsets - self.site_offsets.mean(dim=0, keepdim=True)) * 10.0
+
+
+@dataclass
+class _Views:
+    """Augmented views of the positives: inputs, and per view its points (mm from the view's origin), their
+    locations, a mask of the padded points and the view's extent (mm)."""
+
+    inputs: np.ndarray  # (V, 6, S, S)
+    points: np.ndarray  # (V, P, 3)
+    locations: np.ndarray  # (V, P)
+    mask: np.ndarray  # (V, P)
+    extents: np.ndarray  # (V, 3)
+
+
+def view(sample: LocatorSample, lo: np.ndarray, hi: np.ndarray,
+         mirror: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The coarse copy's voxels [lo, hi) (mirrored left/right if asked: the locations swap with it) and its points.
+    Returns (crop, points mm from the crop's origin, locations, extent mm)."""
+    spacing = np.asarray(sample.coarse_spacing, dtype=np.float64)
+    crop = sample.coarse[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+    extent = np.maximum(np.array(crop.shape) - 1, 1) * spacing
+    points, locations = sample.points_mm - np.asarray(lo) * spacing, sample.locations
+    if mirror:
+        crop, points = crop[:, :, ::-1], points.copy()
+        points[:, 2] = extent[2] - points[:, 2]
+        locations = _MIRRORED_LOCATION[locations]
+    return np.ascontiguousarray(crop), points, locations, extent
+
 
 def _augmented(sample: LocatorSample, rng: np.random.Generator, spec: RegionSpec,
-               copies: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """`copies` inputs of one positive: the whole copy, then random sub-crops holding the points' centre (a
-    shorter or narrower acquisition), half of them flipped left/right. Returns (inputs, targets, extents mm)."""
-    coarse = sample.coarse
+               copies: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """`copies` views of one positive: the whole copy, then random sub-crops holding the points' centre (a shorter
+    or narrower acquisition), every second one mirrored left/right.
+    Returns [(locator input, points mm from the view's origin, locations, extent mm)]."""
+    shape = sample.coarse.shape
     centre = sample.points_mm.mean(axis=0) / np.asarray(sample.coarse_spacing)  # coarse voxels
-    inputs, targets, extents = [], [], []
+    views = []
     for j in range(copies):
-        lo, hi = np.zeros(3, int), np.array(coarse.shape)
+        lo, hi = np.zeros(3, int), np.array(shape)
         if j > 0:
             for a in range(3):
-                n = coarse.shape[a]
+                n = shape[a]
                 keep = int(round(n * rng.uniform(0.6, 1.0)))
                 c = int(np.clip(round(centre[a]), 0, n - 1))
                 start_min, start_max = max(0, c - keep + 2), min(c - 1, n - keep)
                 start = int(rng.integers(start_min, start_max + 1)) if start_max >= start_min else 0
                 lo[a], hi[a] = start, min(n, start + keep)
-        crop = coarse[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
-        shape = np.array(crop.shape)
-        target = (centre - lo) / np.maximum(shape - 1, 1)
-        if j % 2 == 1:
-            crop, target = crop[:, :, ::-1], np.array([target[0], target[1], 1.0 - target[2]])
-        inputs.append(locator_input(np.ascontiguousarray(crop), spec))
-        targets.append(target)
-        extents.append(np.maximum(shape - 1, 1) * np.asarray(sample.coarse_spacing))
-    return np.stack(inputs), np.stack(targets), np.stack(extents)
+        crop, points, locations, extent = view(sample, lo, hi, mirror=j % 2 == 1)
+        views.append((locator_input(crop, spec), points, locations, extent))
+    return views
+
+
+def _stack_views(views: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]) -> _Views:
+    width = max(1, max(len(v[1]) for v in views))
+    points = np.zeros((len(views), width, 3), np.float32)
+    locations = np.zeros((len(views), width), np.int64)
+    mask = np.zeros((len(views), width), np.float32)
+    for i, (_, p, loc, _) in enumerate(views):
+        points[i, :len(p)], locations[i, :len(p)], mask[i, :len(p)] = p, loc, 1.0
+    return _Views(inputs=np.stack([v[0] for v in views]), points=points, locations=locations, mask=mask,
+                  extents=np.stack([v[3] for v in views]).astype(np.float32))
+
+
+def site_loss(net: TinyLocator, x: torch.Tensor, points: torch.Tensor, locations: torch.Tensor, mask: torch.Tensor,
+              extents: torch.Tensor) -> torch.Tensor:
+    """Smooth L1 (in cm) of each localizer point's distance from its location's site (reference + site offset)."""
+    reference = net(x) * extents  # (B, 3) mm from the view's origin
+    sites = reference[:, None, :] + net.sites_mm()[locations]  # (B, P, 3)
+    per_point = nn.functional.smooth_l1_loss(sites / 10.0, points / 10.0, reduction="none").sum(dim=-1)
+    return (per_point * mask).sum() / mask.sum().clamp(min=1.0)
 
 
 def _train_one(samples: list[LocatorSample], cfg: RegionTrainConfig, spec: RegionSpec, seed: int) -> TinyLocator:
-    """One locator fitted on these positives (loss: smooth L1 of the centre error in cm)."""
+    """One locator fitted on these positives (`site_loss`; the site offsets learn 20x faster than the network)."""
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
-    parts = [_augmented(s, rng, spec, cfg.augment_copies) for s in samples]
-    x = torch.from_numpy(np.concatenate([p[0] for p in parts]))
-    y = torch.from_numpy(np.concatenate([p[1] for p in parts]).astype(np.float32))
-    scale = torch.from_numpy((np.concatenate([p[2] for p in parts]) / 10.0).astype(np.float32))
+    views = _stack_views([v for s in samples for v in _augmented(s, rng, spec, cfg.augment_copies)])
+    x, points, locations = (torch.from_numpy(a) for a in (views.inputs, views.points, views.locations))
+    mask, extents = torch.from_numpy(views.mask), torch.from_numpy(views.extents)
     net = TinyLocator(spec.input_size)
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.1)
+    others = [p for name, p in net.named_parameters() if name != "site_offsets"]
+    opt = torch.optim.AdamW([{"params": others, "lr": cfg.lr},
+                             {"params": [net.site_offsets], "lr": cfg.lr * 20.0, "weight_decay": 0.0}],
+                            lr=cfg.lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[cfg.lr, cfg.lr * 20.0], total_steps=cfg.steps,
+                                                pct_start=0.1)
     net.train()
     for _ in range(cfg.steps):
         idx = torch.from_numpy(rng.integers(0, len(x), min(cfg.batch_size, len(x))))
-        loss = nn.functional.smooth_l1_loss((net(x[idx]) - y[idx]) * scale[idx], torch.zeros_like(y[idx]))
+        loss = site_loss(net, x[idx], points[idx], locations[idx], mask[idx], extents[idx])
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -218,22 +288,23 @@ def _predict(net: TinyLocator, samples: list[LocatorSample], spec: RegionSpec) -
 
 @dataclass
 class LocatorFit:
-    """The K-fold fit: the final model, out-of-fold fractions of the positives, the half-size and its figures."""
+    """The K-fold fit: the final model, out-of-fold fractions of the positives, the box (half-size and the shift
+    of its centre from the reference, mm) and its figures."""
 
     net: TinyLocator
     oof: dict[str, np.ndarray]
     half_size_mm: tuple[float, float, float]
+    shift_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)
     stats: dict[str, Any] = field(default_factory=dict)
 
 
-def _centre_mm(sample: LocatorSample, fraction: np.ndarray) -> np.ndarray:
-    extent = np.array([max(m - 1, 1) * sp for m, sp in zip(sample.coarse.shape, sample.coarse_spacing)])
-    return np.asarray(fraction) * extent
+def _reference_mm(sample: LocatorSample, fraction: np.ndarray) -> np.ndarray:
+    return np.asarray(fraction) * sample.extent_mm
 
 
 def fit_locator(samples: dict[str, LocatorSample], cfg: RegionTrainConfig, *, num_folds: int, seed: int = 0,
                 progress: bool = True) -> LocatorFit:
-    """K-fold fit on the positives, out-of-fold half-size, then the final model on every positive.
+    """K-fold fit on the positives, the out-of-fold box, then the final model on every positive.
 
     Raises:
         ConfigError: fewer positive series with points than folds.
@@ -247,37 +318,46 @@ def fit_locator(samples: dict[str, LocatorSample], cfg: RegionTrainConfig, *, nu
     folds = np.empty(len(positives), int)
     folds[order] = np.arange(len(positives)) % num_folds
     oof: dict[str, np.ndarray] = {}
+    site_errors = []
     for k in Progress(range(num_folds), desc="locator folds", enabled=progress):
         net = _train_one([s for s, f in zip(positives, folds) if f != k], cfg, spec, seed + 1 + k)
         held = [s for s, f in zip(positives, folds) if f == k]
+        sites = net.sites_mm().detach().numpy().astype(np.float64)
         for s, frac in zip(held, _predict(net, held, spec)):
             oof[s.uid] = frac
-    offsets = np.concatenate([np.abs(s.points_mm - _centre_mm(s, oof[s.uid])[None]) for s in positives])
-    centre_err = np.stack([np.linalg.norm(_centre_mm(s, oof[s.uid]) - s.points_mm.mean(axis=0)) for s in positives])
-    half = _half_size(offsets, cfg)
-    inside = np.all(offsets <= half[None], axis=1)
+            site_errors.append(np.linalg.norm(s.points_mm - _reference_mm(s, frac)[None] - sites[s.locations], axis=1))
+    offsets = np.concatenate([s.points_mm - _reference_mm(s, oof[s.uid])[None] for s in positives])
+    lo, hi = _box_sides(offsets, cfg)
+    half, shift = (hi - lo) / 2.0, (hi + lo) / 2.0
+    inside = np.all((offsets >= shift - half) & (offsets <= shift + half), axis=1)
+    errors = np.concatenate(site_errors)
+    final = _train_one(positives, cfg, spec, seed)
     stats = {"positives": len(positives), "points": int(len(offsets)), "folds": num_folds,
              "oof_recall": round(float(inside.mean()), 4),
-             "oof_centre_error_mm": {"median": round(float(np.median(centre_err)), 2),
-                                     "p95": round(float(np.quantile(centre_err, 0.95)), 2),
-                                     "max": round(float(centre_err.max()), 2)},
-             "oof_point_offset_mm_p50": [round(float(v), 2) for v in np.median(offsets, axis=0)],
-             "half_size_mm": [round(float(v), 2) for v in half]}
-    log.info("region locator out of fold: %s", stats)
-    final = _train_one(positives, cfg, spec, seed)
-    return LocatorFit(net=final, oof=oof, half_size_mm=tuple(float(v) for v in half), stats=stats)
+             "oof_site_error_mm": {"median": round(float(np.median(errors)), 2),
+                                   "p95": round(float(np.quantile(errors, 0.95)), 2),
+                                   "max": round(float(errors.max()), 2)},
+             "half_size_mm": [round(float(v), 2) for v in half], "shift_mm": [round(float(v), 2) for v in shift],
+             "sites_mm": {name: [round(float(v), 1) for v in row]
+                          for name, row in zip(LOCATION_LABELS, final.sites_mm().detach().numpy())}}
+    log.info("region locator out of fold: %s", {k: v for k, v in stats.items() if k != "sites_mm"})
+    return LocatorFit(net=final, oof=oof, half_size_mm=tuple(float(v) for v in half),  # type: ignore[arg-type]
+                      shift_mm=tuple(float(v) for v in shift), stats=stats)  # type: ignore[arg-type]
 
 
-def _half_size(offsets: np.ndarray, cfg: RegionTrainConfig) -> np.ndarray:
-    """Per-axis half-size holding at least `cfg.recall` of the (N, 3) point offsets (all three axes at once): the
-    same quantile of each axis' offsets (taken at a data value), raised until the joint share is reached."""
-    q = 1.0 - (1.0 - cfg.recall) / 3.0  # three axes' misses add up to at most 1 - recall
+def _box_sides(offsets: np.ndarray, cfg: RegionTrainConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Per-axis (low, high) offsets from the reference holding at least `cfg.recall` of the (N, 3) point offsets (all
+    three axes at once), each widened by the margin and to at least 2 x min_half_mm: the same quantile on each side
+    of each axis (taken at a data value), raised until the joint share is reached."""
+    q = 1.0 - (1.0 - cfg.recall) / 6.0  # six sides' misses add up to at most 1 - recall
     while True:
-        half = np.maximum(np.quantile(offsets, q, axis=0, method="higher") + cfg.margin_mm, cfg.min_half_mm)
-        if np.mean(np.all(offsets <= half[None], axis=1)) >= cfg.recall or q >= 1.0:
-            return half
+        lo = np.quantile(offsets, 1.0 - q, axis=0, method="lower") - cfg.margin_mm
+        hi = np.quantile(offsets, q, axis=0, method="higher") + cfg.margin_mm
+        grow = np.maximum(0.0, 2.0 * cfg.min_half_mm - (hi - lo)) / 2.0
+        lo, hi = lo - grow, hi + grow
+        if np.mean(np.all((offsets >= lo[None]) & (offsets <= hi[None]), axis=1)) >= cfg.recall or q >= 1.0:
+            return lo, hi
         q = min(1.0, 1.0 - (1.0 - q) / 2.0) if q < 1.0 - 1e-9 else 1.0
-
 
 class _LocatorGraph(nn.Module):
     def __init__(self, net: TinyLocator) -> None:
@@ -332,7 +412,8 @@ def box_for(sample: LocatorSample, fraction: np.ndarray, spec: RegionSpec) -> tu
     problem = check_box(sample.shape, sample.spacing, fraction, spec)
     if problem:
         return None, problem
-    return box_from_fraction(fraction, sample.coarse.shape, sample.coarse_spacing, spec.half_size_mm), ""
+    return box_from_fraction(fraction, sample.coarse.shape, sample.coarse_spacing, spec.half_size_mm,
+                             spec.shift_mm), ""
 
 
 def fit_region(cfg: RegionTrainConfig, folders: dict[str, Path], localizers: dict[str, list[LocalizerRow]], *,
@@ -348,7 +429,7 @@ def fit_region(cfg: RegionTrainConfig, folders: dict[str, Path], localizers: dic
     from inference.manifest import sha256_file
 
     spec = cfg.spec(sha256=sha256_file(Path(out_dir) / base.file), half_size_mm=fit.half_size_mm,
-                    stats={**fit.stats, "parity_max_abs_diff": parity})
+                    shift_mm=fit.shift_mm, stats={**fit.stats, "parity_max_abs_diff": parity})
     others = [s for s in samples.values() if s.uid not in fit.oof]
     fractions = dict(fit.oof)
     fractions.update(zip([s.uid for s in others], _predict(fit.net, others, spec)))
