@@ -310,6 +310,18 @@ class Locator:
             self._session = ort.InferenceSession(str(self.path), sess_options=options, providers=self.providers)
         return self._session
 
+    def warm_up(self) -> str:
+        """Build the session and run one synthetic input, so the first series does not carry it; "" when it
+        worked, else why (logged; `locate` will then answer the whole volume)."""
+        try:
+            size = self.spec.input_size
+            self.session().run([LOCATOR_OUTPUT], {LOCATOR_INPUT: np.zeros((1, 6, size, size), np.float32)})
+            return ""
+        except Exception as exc:  # the locator must never cost the run: each series is answered on its volume
+            log.error("region locator %s cannot run (%s: %s): series are scored on their whole volume",
+                      self.path, type(exc).__name__, exc)
+            return f"{type(exc).__name__}: {exc}"
+
     def fraction(self, volume: Volume) -> tuple[np.ndarray, tuple[int, int, int], tuple[float, float, float]]:
         """The locator's raw answer (centre fraction) and the coarse copy's shape and spacing."""
         coarse, spacing = coarse_volume(volume, self.spec)

@@ -266,6 +266,11 @@ class RegionRunner(WindowRunner):
         super().__init__(bundle_dir, manifest, providers=providers, folds=folds, threads=threads)
         self.locator = _make_locator(bundle_dir, manifest)
 
+    def warm_up(self) -> None:
+        super().warm_up()
+        if self.locator is not None:
+            self.locator.warm_up()
+
     def windows(self, source: SeriesSource, deadline: float | None,
                 degradation: Degradation) -> tuple[np.ndarray, Answer]:
         if self.locator is None:

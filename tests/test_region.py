@@ -297,3 +297,19 @@ def test_the_site_offsets_learn_the_layout_so_the_reference_is_tighter_than_the_
     assert np.abs(learned - expected).max() < 6.0, (learned, expected)  # sites 15-30 mm apart
     spread = np.linalg.norm(expected, axis=1).mean()
     assert fit.stats["oof_site_error_mm"]["median"] < spread / 2, (fit.stats, spread)
+
+
+def test_warm_up_builds_the_locator_and_a_broken_locator_costs_only_the_box(region_bundle, tmp_path):
+    predictor = Predictor(region_bundle, providers=["CPUExecutionProvider"])
+    assert predictor.load(warm_up=True)
+    assert isinstance(predictor.runner, RegionRunner) and predictor.runner.locator._session is not None
+
+    broken = tmp_path / "broken"
+    shutil.copytree(region_bundle, broken)
+    manifest = Manifest.read(broken)
+    spec = RegionSpec.from_dict(manifest.region)
+    (broken / spec.file).write_bytes(b"not an onnx file")
+    locator = Locator(broken, spec)
+    assert locator.warm_up()  # the reason it cannot run, not a raise
+    answer = locator.locate(_volume(shape=(20, 30, 40)))
+    assert answer.region is None and answer.note.startswith("whole volume: locator failed")
