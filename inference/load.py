@@ -26,6 +26,8 @@ _AXIAL = np.array([1.0, 0.0, 0.0, 0.0, 1.0, 0.0])
 
 
 First = Iterable[int] | Callable[[Volume], Iterable[int]]  # slices to fill first, or a function of the skeleton
+# once the `first` slices are in: the canonical slices still worth decoding (None: all of them)
+Narrow = Callable[[Volume], Iterable[int] | None]
 
 
 class SeriesRestacked(SeriesLoadError):
@@ -88,18 +90,20 @@ def load_series(
 
 def stream_series(folder: str | Path, *, pool: DecodePool | None = None, in_process: bool = False,
                   backends: Sequence[str] = DEFAULT_BACKENDS, deadline: float | None = None,
-                  first: First = ()) -> SeriesStream:
+                  first: First = (), narrow: Narrow | None = None) -> SeriesStream:
     """Start loading a series in a background thread; its volume fills while the caller works on the first slices.
 
     The headers are read before this returns (so the volume's shape, spacing and sources are known); the frames are
     then read or decoded in canonical slice order, `first` (canonical slice indices, or a function of the volume
-    still to fill: its shape and modality are known) before the rest; `stream.first` lists them.
+    still to fill: its shape and modality are known) before the rest; `stream.first` lists them. With `narrow`,
+    the compressed files of the rest are decoded only where `narrow(volume)` (called in the loading thread once
+    the `first` slices are in) asks for their slices: `stream.skipped` lists the canonical slices left unfilled.
 
     Raises:
         SeriesLoadError: the folder is missing, unreadable or holds no usable image.
     """
     stream = SeriesStream(plan_series(folder, backends=backends), pool=pool, in_process=in_process,
-                          backends=backends, deadline=deadline, first=first)
+                          backends=backends, deadline=deadline, first=first, narrow=narrow)
     return stream.start()
 
 
@@ -154,11 +158,16 @@ class SeriesStream:
     [0, n) hold their pixels (for stacks acquired along the canonical slice axis; other planes become ready all
     at once). When a file of the stack is lost on the way, `wait` raises SeriesRestacked and `result()` gives the
     volume rebuilt from the files that did load, exactly as if they had been the only ones.
+
+    `narrow` (a stack acquired along the canonical slice axis only): once the `first` slices are in, the compressed
+    files of the other slices are decoded only where `narrow(volume)` asks for them; the others stay zero and are
+    listed in `skipped` (the volume is then not the whole series: `partial`). A file lost on the way, or a `narrow`
+    that raises, cancels the narrowing (every file is decoded, as without it).
     """
 
     def __init__(self, plan: SeriesPlan, *, pool: DecodePool | None = None, in_process: bool = False,
                  backends: Sequence[str] = DEFAULT_BACKENDS, deadline: float | None = None,
-                 first: First = ()) -> None:
+                 first: First = (), narrow: Narrow | None = None) -> None:
         if not in_process and pool_missing_reason():
             LOGGER.warning("!!! compressed files are decoded in-process, without isolation: %s !!!",
                            pool_missing_reason())
@@ -178,6 +187,9 @@ class SeriesStream:
         self.streamable = self.volume.transform.axes[0] == 0 and bool(self.volume.modality)
         self._filled = np.zeros(len(plan.stack.order), dtype=bool)
         self._lost = False
+        self.narrow = narrow if self.streamable else None
+        self.narrowed = False  # whether `narrow` was asked (and answered without raising)
+        self.skipped: list[int] = []  # canonical slices left unfilled because `narrow` did not want them
         self._progress = ProgressiveFill(f"load-{plan.folder.name[-12:]}")
 
     @property
@@ -216,6 +228,11 @@ class SeriesStream:
         if self._lost:
             raise SeriesRestacked(f"series {self.plan.folder.name}: a file was lost while loading")
 
+    @property
+    def partial(self) -> bool:
+        """Whether `narrow` left slices unfilled (zero): the volume is then not the whole series."""
+        return bool(self.skipped)
+
     def result(self) -> Volume:
         """The complete volume (rebuilt without lost files when there were any); raises the loading error."""
         self._progress.wait_for(lambda: False)  # until the work has ended
@@ -244,18 +261,10 @@ class SeriesStream:
             if image.pixels is not None:
                 self._put(k, image, frames, order, view)
         lost: list[tuple[str, str]] = []
-        for image_index, pixels, reason in self._decode(needed):
-            image = images[image_index]
-            if reason:
-                lost.append((image.path, reason))
-                with self._progress.lock:
-                    self._lost = True
-                    self._progress.notify()
-                continue
-            image.pixels = pixels
-            for frame in np.flatnonzero(frames.image == image_index):
-                if int(frame) in position:
-                    self._put(position[int(frame)], image, frames, order, view)
+        if self.narrow is None:
+            self._decode_into(needed, lost, frames, order, position, view)
+        else:
+            self._decode_narrowed(needed, lost, frames, order, position, view)
         try:
             if lost:
                 failures.extend(lost)
@@ -272,6 +281,78 @@ class SeriesStream:
         finally:
             for index in needed:  # views of the pool's shared block must not outlive its batch
                 images[index].pixels = None
+
+    def _decode_into(self, files: list[int], lost: list[tuple[str, str]], frames: FrameTable, order: np.ndarray,
+                     position: dict[int, int], view: np.ndarray) -> None:
+        """Decode these image indices and put their frames into the volume; a file that fails goes to `lost`."""
+        images = self.plan.images
+        for image_index, pixels, reason in self._decode(files):
+            image = images[image_index]
+            if reason:
+                lost.append((image.path, reason))
+                with self._progress.lock:
+                    self._lost = True
+                    self._progress.notify()
+                continue
+            image.pixels = pixels
+            for frame in np.flatnonzero(frames.image == image_index):
+                if int(frame) in position:
+                    self._put(position[int(frame)], image, frames, order, view)
+
+    def _decode_narrowed(self, needed: list[int], lost: list[tuple[str, str]], frames: FrameTable,
+                         order: np.ndarray, position: dict[int, int], view: np.ndarray) -> None:
+        """`_decode_into` in two steps: the files of the `first` slices, then those of the slices `narrow` wants
+        (all of them after a loss: a rebuild needs every file); the files left out are zeroed (`_skip`). A file
+        that failed is never decoded again."""
+        first_files = set(self._files_of(self._first_stack_indices()))
+        self._decode_into([i for i in needed if i in first_files], lost, frames, order, position, view)
+        wanted = None if lost else self._ask_narrow()
+        rest = [i for i in needed if i not in first_files]
+        keep = set(rest) if wanted is None else set(self._files_of(wanted))
+        skipped = [i for i in rest if i not in keep]
+        self._decode_into([i for i in rest if i in keep], lost, frames, order, position, view)
+        if lost:  # the rebuild reads every surviving file's pixels at once: decode them again in one batch (the
+            # pool's shared block holds one batch's frames), the files the narrowing skipped with them
+            gone = {path for path, _ in lost}
+            self._decode_into([i for i in needed if self.plan.images[i].path not in gone], lost, frames, order,
+                              position, view)
+        elif skipped:
+            self._skip(skipped, frames, order, view)
+
+    def _first_stack_indices(self) -> list[int]:
+        n = len(self._filled)
+        return [int(self._canonical_of_inverse(c)) for c in self.first if 0 <= c < n]
+
+    def _files_of(self, stack_indices: Iterable[int]) -> list[int]:
+        frames, order = self.plan.stack.frames, self.plan.stack.order
+        return [int(frames.image[order[k]]) for k in stack_indices if 0 <= k < len(order)]
+
+    def _ask_narrow(self) -> list[int] | None:
+        """The stack indices `narrow` wants (None: all of them, also when it raised: logged)."""
+        assert self.narrow is not None
+        try:
+            wanted = self.narrow(self.volume)
+        except Exception as exc:  # noqa: BLE001 - narrowing only saves time: without it, everything is decoded
+            LOGGER.warning("%s: narrowing the decode failed (%s: %s); decoding every file", self.plan.folder.name,
+                           type(exc).__name__, exc)
+            return None
+        self.narrowed = True
+        if wanted is None:
+            return None
+        n = len(self._filled)
+        return [self._canonical_of_inverse(int(c)) for c in wanted if 0 <= int(c) < n]
+
+    def _skip(self, files: list[int], frames: FrameTable, order: np.ndarray, view: np.ndarray) -> None:
+        """Zero the slices of the files `narrow` did not want, and say so."""
+        unwanted = set(files)
+        stack_indices = [k for k in range(len(order)) if int(frames.image[order[k]]) in unwanted]
+        for k in stack_indices:
+            view[k] = 0.0
+        with self._progress.lock:
+            self._filled[stack_indices] = True
+        self.skipped = sorted(self._canonical_of_inverse(k) for k in stack_indices)
+        self.volume.dropped.append(f"decoded {len(order) - len(stack_indices)} of {len(order)} slices: the rest "
+                                   "lie outside the region")
 
     def _rebuild(self, gone: set[str], failures: list[tuple[str, str]]) -> Stack:
         """Rebuild the volume from the files that did load (files outside the first stack were never decoded);

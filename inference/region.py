@@ -28,8 +28,8 @@ from .normalize import PreparedVolume, preprocess_volume, to_uint8
 from .volume import Volume
 
 __all__ = ["Box", "Region", "RegionSpec", "RegionAnswer", "Locator", "crop_volume", "prepare_region",
-           "coarse_volume", "locator_input", "box_from_fraction", "check_box", "points_mm", "LOCATOR_INPUT",
-           "LOCATOR_OUTPUT"]
+           "coarse_volume", "locator_input", "box_from_fraction", "check_box", "points_mm", "box_slices", "BoxAnswer",
+           "LOCATOR_INPUT", "LOCATOR_OUTPUT"]
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +116,20 @@ def _index_range(lo_mm: float, hi_mm: float, spacing: float, n: int) -> tuple[in
     return start, stop
 
 
+def _box_ranges(volume: Volume, box: Box) -> list[tuple[int, int]]:
+    """Per canonical axis, the voxel indices [start, stop) whose centres lie in the box (clipped to the volume).
+
+    Raises:
+        InferenceError: the box misses the volume along some axis (nothing to crop).
+    """
+    shape = volume.pixels.shape
+    ranges = [_index_range(box.lo[a], box.hi[a], float(volume.spacing[a]), shape[a]) for a in range(3)]
+    if any(stop - start < 1 for start, stop in ranges):
+        raise InferenceError(f"series {volume.series_uid}: box {box.to_dict()} misses the volume "
+                             f"(shape {shape}, spacing {tuple(volume.spacing)})")
+    return ranges
+
+
 def crop_volume(volume: Volume, box: Box) -> Region:
     """THE crop: the voxels of `volume` whose centres lie inside `box` (clipped to the volume).
 
@@ -126,11 +140,7 @@ def crop_volume(volume: Volume, box: Box) -> Region:
         InferenceError: the box misses the volume along some axis (nothing to crop).
     """
     shape = volume.pixels.shape
-    ranges = [_index_range(box.lo[a], box.hi[a], float(volume.spacing[a]), shape[a]) for a in range(3)]
-    if any(stop - start < 1 for start, stop in ranges):
-        raise InferenceError(f"series {volume.series_uid}: box {box.to_dict()} misses the volume "
-                             f"(shape {shape}, spacing {tuple(volume.spacing)})")
-    (z0, z1), (r0, r1), (c0, c1) = ranges
+    (z0, z1), (r0, r1), (c0, c1) = _box_ranges(volume, box)
     pixels = np.ascontiguousarray(volume.pixels[z0:z1, r0:r1, c0:c1])
     crop = Volume(pixels=pixels, spacing=cast(Point, tuple(volume.spacing)), modality=volume.modality,
                   series_uid=volume.series_uid, dropped=list(volume.dropped))
@@ -277,6 +287,24 @@ def points_mm(points: list[tuple[float, float, float]], spacing: tuple[float, fl
     return np.asarray(points, dtype=np.float64).reshape(-1, 3) * np.asarray(spacing, dtype=np.float64)[None, :]
 
 
+def box_slices(volume: Volume, box: Box) -> list[int]:
+    """The canonical slices of `volume` that `crop_volume(volume, box)` keeps.
+
+    Raises:
+        InferenceError: the box misses the volume along some axis.
+    """
+    return list(range(*_box_ranges(volume, box)[0]))
+
+
+@dataclass
+class BoxAnswer:
+    """What the locator found for one series: a box (None: the whole volume answers), why not, and its cost."""
+
+    box: Box | None
+    note: str
+    seconds: float = 0.0
+
+
 @dataclass
 class RegionAnswer:
     """What the locator did for one series: the region (None: the whole volume answers), why, and its cost."""
@@ -329,26 +357,48 @@ class Locator:
         out = self.session().run([LOCATOR_OUTPUT], {LOCATOR_INPUT: inputs})[0]
         return np.asarray(out, dtype=np.float64).reshape(-1), coarse.shape, spacing
 
-    def locate(self, volume: Volume) -> RegionAnswer:
-        """The region of `volume`, or None with the reason (too few slices, implausible answer, any error)."""
+    def coarse_slices(self, num_slices: int) -> list[int]:
+        """The canonical slices the coarse copy reads (what a stream should decode first)."""
+        return list(range(0, num_slices, max(1, math.ceil(num_slices / self.spec.max_slices))))
+
+    def find(self, volume: Volume) -> BoxAnswer:
+        """The box of `volume` (only its `coarse_slices` are read), or None with the reason (too few slices, an
+        implausible answer, a box that misses the volume, any error); never raises."""
         start = time.perf_counter()
         try:
             shape = volume.pixels.shape
             if len(shape) != 3 or shape[0] < self.spec.min_slices:
-                return RegionAnswer(None, f"whole volume: {shape[0] if shape else 0} slices "
-                                          f"(< {self.spec.min_slices})", time.perf_counter() - start)
+                return BoxAnswer(None, f"whole volume: {shape[0] if shape else 0} slices "
+                                       f"(< {self.spec.min_slices})", time.perf_counter() - start)
             fraction, coarse_shape, coarse_spacing = self.fraction(volume)
             problem = check_box(shape, tuple(volume.spacing), fraction, self.spec)
             if problem:
-                return RegionAnswer(None, f"whole volume: {problem}", time.perf_counter() - start)
+                return BoxAnswer(None, f"whole volume: {problem}", time.perf_counter() - start)
             box = box_from_fraction(fraction, coarse_shape, coarse_spacing, self.spec.half_size_mm,
                                     self.spec.shift_mm)
-            region = crop_volume(volume, box)
-            note = (f"region {region.volume.pixels.shape} of {shape}: {region.slice_share:.0%} of the slices, "
-                    f"{region.area_share:.0%} of the area")
-            return RegionAnswer(region, note, time.perf_counter() - start)
+            box_slices(volume, box)  # raises when the box misses the volume
+            return BoxAnswer(box, "", time.perf_counter() - start)
         except Exception as exc:  # the locator must never cost the series: the whole volume answers
             log.warning("series %s: region locator failed (%s: %s); scoring the whole volume",
                         volume.series_uid, type(exc).__name__, exc)
-            return RegionAnswer(None, f"whole volume: locator failed: {type(exc).__name__}: {exc}",
-                                time.perf_counter() - start)
+            return BoxAnswer(None, f"whole volume: locator failed: {type(exc).__name__}: {exc}",
+                             time.perf_counter() - start)
+
+    def locate(self, volume: Volume) -> RegionAnswer:
+        """The region of `volume`, or None with the reason (`find`, then the crop); never raises."""
+        return self.crop(volume, self.find(volume))
+
+    @staticmethod
+    def crop(volume: Volume, found: BoxAnswer) -> RegionAnswer:
+        """The crop of `volume` to the box `find` gave (the whole volume when it gave none); never raises."""
+        if found.box is None:
+            return RegionAnswer(None, found.note, found.seconds)
+        start = time.perf_counter()
+        try:
+            region = crop_volume(volume, found.box)
+        except Exception as exc:  # noqa: BLE001 - as in find: the whole volume answers
+            return RegionAnswer(None, f"whole volume: crop failed: {type(exc).__name__}: {exc}",
+                                found.seconds + time.perf_counter() - start)
+        note = (f"region {region.volume.pixels.shape} of {volume.pixels.shape}: {region.slice_share:.0%} of the "
+                f"slices, {region.area_share:.0%} of the area")
+        return RegionAnswer(region, note, found.seconds + time.perf_counter() - start)

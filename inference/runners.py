@@ -36,7 +36,7 @@ from .load import SeriesRestacked, SeriesStream
 from .manifest import Manifest
 from .normalize import plan_slices, preprocess_volume, sample_slices, volume_model_input, warn_if_constant_ct
 from .prepare import PreparedSlices
-from .region import Locator, RegionSpec
+from .region import BoxAnswer, Locator, RegionAnswer, RegionSpec, box_slices
 from .source import SeriesSource
 from .volume import Volume
 from .windows import iter_window_batches
@@ -257,9 +257,11 @@ class WindowRunner(ModelRunner):
 
 class RegionRunner(WindowRunner):
     """A 2.5D window model behind a region locator (issue 21): the windows of the locator's box, or of the whole
-    volume when the locator cannot answer (the Answer's `region` says why). The locator needs the whole volume, so
-    the series is read before the windows start (no streaming); in a blend it still runs first, as the member that
-    reads the series. An unusable region section (logged) leaves a plain WindowRunner's behaviour."""
+    volume when the locator cannot answer (the Answer's `region` says why). The series streams in the coarse
+    copy's slices first; the locator runs on them, and only the box's compressed files are decoded after them.
+    The windows start once the box is read (they do not stream); in a blend it still runs first, as the member
+    that reads the series (a volume read in part is not kept for the others: they read it again). An unusable
+    region section (logged) leaves a plain WindowRunner's behaviour."""
 
     def __init__(self, bundle_dir: Path, manifest: Manifest, *, providers: list[str] | None = None,
                  folds: list[int] | None = None, threads: int | None = None) -> None:
@@ -275,14 +277,33 @@ class RegionRunner(WindowRunner):
                 degradation: Degradation) -> tuple[np.ndarray, Answer]:
         if self.locator is None:
             return super().windows(source, deadline, degradation)
-        ensemble = self.ensemble
-        volume = source.load(deadline)
-        located = self.locator.locate(volume)
+        volume, located = self._located(source, deadline)
         if located.region is not None:
             volume = located.region.volume
-        window_probs, answer = self._windows(ensemble, volume, None, deadline, degradation)
+        window_probs, answer = self._windows(self.ensemble, volume, None, deadline, degradation)
         answer.load_s, answer.region, answer.locate_s = source.load_s, located.note, located.seconds
         return window_probs, answer
+
+    def _located(self, source: SeriesSource, deadline: float | None) -> tuple[Volume, RegionAnswer]:
+        """The series and its region. Streamed, the locator runs as soon as the coarse copy's slices are in, and
+        the compressed files outside its box are never decoded (a box that cannot be trusted: every file is)."""
+        locator = self.locator
+        assert locator is not None
+        if not source.can_stream:
+            volume = source.load(deadline)
+            return volume, locator.locate(volume)
+        found: list[BoxAnswer] = []
+
+        def narrow(volume: Volume) -> list[int] | None:
+            found.append(locator.find(volume))
+            return None if found[0].box is None else box_slices(volume, found[0].box)
+
+        stream = source.stream(deadline, lambda skeleton: locator.coarse_slices(skeleton.num_slices), narrow)
+        skeleton = stream.volume
+        volume = source.streamed(stream)
+        if found and stream.narrowed and volume is skeleton:
+            return volume, locator.crop(volume, found[0])
+        return volume, locator.locate(volume)  # not streamable, or rebuilt without a lost file: locate it now
 
 
 def _make_locator(bundle_dir: Path, manifest: Manifest) -> Locator | None:

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .decode_pool import DecodePool
-from .load import SeriesStream, load_series, stream_series
+from .load import Narrow, SeriesStream, load_series, stream_series
 from .volume import Volume
 
 __all__ = ["SeriesSource"]
@@ -45,12 +45,17 @@ class SeriesSource:
             self.load_s += time.perf_counter() - start
         return self.volume
 
-    def stream(self, deadline: float | None, first: Callable[[Volume], list[int]]) -> SeriesStream:
-        """Start reading the series in a background thread, the slices `first(skeleton)` before the others."""
-        return stream_series(self.path, pool=self.decode_pool, deadline=deadline, first=first)
+    def stream(self, deadline: float | None, first: Callable[[Volume], list[int]],
+               narrow: Narrow | None = None) -> SeriesStream:
+        """Start reading the series in a background thread, the slices `first(skeleton)` before the others (and,
+        with `narrow`, only the compressed files it asks for after them: `inference.load.stream_series`)."""
+        return stream_series(self.path, pool=self.decode_pool, deadline=deadline, first=first, narrow=narrow)
 
     def streamed(self, stream: SeriesStream) -> Volume:
-        """Keep the complete volume of a stream (raises its loading error)."""
-        self.volume = stream.result()
+        """The volume of a finished stream, kept for the next runner unless narrowing left part of it unread
+        (raises its loading error)."""
+        volume = stream.result()
         self.load_s += stream.seconds
-        return self.volume
+        if not stream.partial:
+            self.volume = volume
+        return volume

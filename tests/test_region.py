@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import shutil
 import subprocess
 import sys
@@ -148,7 +149,7 @@ def region_bundle(tmp_path_factory):
     folder = tmp_path_factory.mktemp("region_bundle")
     export_onnx(PlantedModel(5), folder / "fold0.onnx", channels=5, size=32)
     write_bundle(folder, [folder / "fold0.onnx"], preprocess=PRE)
-    spec = RegionSpec(input_size=16, half_size_mm=(6.0, 8.0, 8.0), min_slices=8, min_extent_mm=5.0)
+    spec = RegionSpec(input_size=16, max_slices=8, half_size_mm=(6.0, 8.0, 8.0), min_slices=8, min_extent_mm=5.0)
     examples = np.random.default_rng(0).uniform(0, 1, size=(2, 6, 16, 16)).astype(np.float32)
     export_locator(TinyLocator(16).eval(), folder / spec.file, spec, examples)
     spec = dataclasses.replace(spec, sha256=sha256_file(folder / spec.file))
@@ -313,3 +314,22 @@ def test_warm_up_builds_the_locator_and_a_broken_locator_costs_only_the_box(regi
     assert locator.warm_up()  # the reason it cannot run, not a raise
     answer = locator.locate(_volume(shape=(20, 30, 40)))
     assert answer.region is None and answer.note.startswith("whole volume: locator failed")
+
+
+def test_a_compressed_series_decodes_only_the_box_and_answers_as_if_read_whole(region_bundle, write_phantom_series,
+                                                                                caplog):
+    """Streamed, the locator reads the coarse copy's slices and only the box's files are decoded after them; the
+    answer is the one of the whole series read first (the crop holds the same voxels)."""
+    from phantom import Acquisition
+
+    folder = write_phantom_series(seed=3, modality="CTA", compression="rle", acquisition=Acquisition(
+        rows=40, cols=40, num_slices=30, pixel_spacing=(0.6, 0.6), slice_spacing=1.0, centre=(0.0, 0.0, -15.0)))
+    whole = Predictor(region_bundle, providers=["CPUExecutionProvider"],
+                      loader=lambda path: load_series(path, in_process=True))
+    expected, expected_report = whole.predict_series(folder)
+    with caplog.at_level(logging.INFO, logger="inference.load"):
+        values, report = Predictor(region_bundle, providers=["CPUExecutionProvider"]).predict_series(folder)
+    assert report.region.startswith("region") and report.region == expected_report.region, report.line()
+    np.testing.assert_array_equal(values, expected)
+    decoded = [r.getMessage() for r in caplog.records if "the rest lie outside the region" in r.getMessage()]
+    assert decoded and "of 30 slices" in decoded[0] and report.slices < 30, decoded

@@ -125,3 +125,67 @@ def test_a_file_lost_while_streaming_restarts_on_the_rebuilt_volume(bundle, pool
                          loader=lambda path: load_series(path, in_process=True)).predict_probabilities(without)
     np.testing.assert_array_equal(probs, expected)
     assert report.answer == "model" and report.slices == 24
+
+
+def _count_decodes(monkeypatch) -> list[int]:
+    from inference import load
+
+    decoded: list[int] = []
+    decode = load.SeriesStream._decode
+
+    def counting(self, needed):
+        decoded.extend(needed)
+        return decode(self, needed)
+
+    monkeypatch.setattr(load.SeriesStream, "_decode", counting)
+    return decoded
+
+
+def test_narrowing_decodes_only_the_files_of_the_slices_asked_for(write_phantom_series, pool, monkeypatch):
+    """The region locator's stream: the `first` slices are in when `narrow` is asked; afterwards only the files of
+    the slices it names are decoded, the others stay zero and are listed."""
+    folder = _series(write_phantom_series, "ct_axial_feet_first_jpegls")
+    expected = load_series(folder, in_process=True)
+    decoded = _count_decodes(monkeypatch)
+    first, box = [0, 9, 18, 27], [10, 11, 12, 13]
+    seen = []
+
+    def narrow(volume):
+        seen.append(volume.pixels[first].copy())
+        return box
+
+    stream = stream_series(folder, pool=pool, first=first, narrow=narrow)
+    volume = stream.result()
+    np.testing.assert_array_equal(seen[0], expected.pixels[first])  # what the locator reads was in
+    kept = first + box
+    np.testing.assert_array_equal(volume.pixels[kept], expected.pixels[kept])
+    skipped = sorted(set(range(expected.num_slices)) - set(kept))
+    assert stream.partial and stream.narrowed and stream.skipped == skipped and not np.any(volume.pixels[skipped])
+    assert len(decoded) == len(kept) and any(f"decoded {len(kept)} of 30 slices" in n for n in volume.dropped)
+
+
+@pytest.mark.parametrize("answer", ["all", "raises"])
+def test_a_narrow_that_wants_everything_or_fails_decodes_every_file(write_phantom_series, pool, monkeypatch, answer):
+    folder = _series(write_phantom_series, "mr_axial_jpeg2000")
+    expected = load_series(folder, in_process=True)
+
+    def narrow(volume):
+        if answer == "raises":
+            raise RuntimeError("locator broke")
+        return None
+
+    stream = stream_series(folder, pool=pool, first=[0, 15], narrow=narrow)
+    np.testing.assert_array_equal(stream.result().pixels, expected.pixels)
+    assert not stream.partial and stream.narrowed == (answer == "all")
+
+
+def test_a_file_lost_after_narrowing_decodes_the_skipped_files_and_rebuilds(pool, tmp_path):
+    series = write_hostile_series("jpegls_zero_width", tmp_path / "1.2.826.0.1.3680043.8.498.6", position="middle",
+                                  n_good=24, size=SIZE)
+    without = tmp_path / "without" / series.folder.name
+    shutil.copytree(series.folder, without)
+    (without / series.bad[0].name).unlink()
+    stream = stream_series(series.folder, pool=pool, first=[0], narrow=lambda volume: list(range(8, 17)))
+    volume = stream.result()  # the bad file (the middle one) was in the box: lost, so every file is needed
+    np.testing.assert_array_equal(volume.pixels, load_series(without, in_process=True).pixels)
+    assert not stream.partial and volume.num_slices == 24
