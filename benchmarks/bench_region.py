@@ -66,6 +66,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--limit", type=int, default=0, help="only the first N held-out series (0: all)")
     parser.add_argument("--threads", type=int, default=1, help="onnxruntime threads (default 1)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    parser.add_argument("--locator-only", action="store_true",
+                        help="only the locator's figures (recall, box size) on the held-out series: no scoring")
     return parser.parse_args(argv)
 
 
@@ -94,6 +96,21 @@ def _locator_figures(locator: Locator, folders: dict[str, Path], localizers: dic
             "box_share": {m: {"slices": round(float(np.mean([s for s, _ in v])), 3),
                               "area": round(float(np.mean([a for _, a in v])), 3), "series": len(v)}
                           for m, v in sorted(shares.items())}}
+
+
+def locator_only(weights: Path, data_dir: Path, *, limit: int = 0) -> dict[str, Any]:
+    """The bundle's locator alone on the held-out series: recall and box size."""
+    table = read_train_table(data_dir / "test" / "test_labels.csv")
+    uids = list(table.uids[:limit] if limit else table.uids)
+    predictor = Predictor(weights, providers=["CPUExecutionProvider"], threads=1)
+    predictor.load()
+    locator = predictor.runner.locator if isinstance(predictor.runner, RegionRunner) else None
+    if locator is None:
+        raise SystemExit(f"{weights}: no region locator in this bundle")
+    figures = _locator_figures(locator, {u: series_folder(data_dir / "test", u) for u in uids},
+                               read_localizers(data_dir / "test" / "test_localizers.csv"),
+                               {u: table.modality[table.index(u)] for u in uids})
+    return {"weights": str(weights), "series": len(uids), "locator": {**figures, "trainer_oof": locator.spec.stats}}
 
 
 def measure(weights: Path, data_dir: Path, *, limit: int = 0, threads: int = 1) -> dict[str, Any]:
@@ -130,24 +147,33 @@ def measure(weights: Path, data_dir: Path, *, limit: int = 0, threads: int = 1) 
     return row
 
 
+def _print_locator(loc: dict[str, Any]) -> None:
+    print(f"  locator recall {loc['recall']:.4f} of {loc['points']} held-out points; box share "
+          f"{loc['box_share']}; fallbacks {len(loc['fallbacks'])}")
+    for line in loc["missed"][:10]:
+        print(f"    missed {line}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
-    rows = [measure(w, args.data_dir, limit=args.limit, threads=args.threads) for w in args.weights]
+    if args.locator_only:
+        rows = [locator_only(w, args.data_dir, limit=args.limit) for w in args.weights]
+    else:
+        rows = [measure(w, args.data_dir, limit=args.limit, threads=args.threads) for w in args.weights]
     for row in rows:
         print(f"\n{row['weights']}: {row['series']} held-out series")
+        if "score" not in row:
+            _print_locator(row["locator"])
+            continue
         print(f"  score {row['score']:.4f}  Present AUC {row['present_auc']:.4f}  location AUC "
               f"{row['mean_location_auc']:.4f}")
         print(f"  windows per series {row['windows_per_series']}")
         print(f"  kernel s per series {row['seconds_per_series']} (all {row['seconds_per_series_all']})")
         print(f"  answered on {row['answered_on']}; locator {row['locator_s_per_series']:.3f} s per series")
         if "locator" in row:
-            loc = row["locator"]
-            print(f"  locator recall {loc['recall']:.4f} of {loc['points']} held-out points; box share "
-                  f"{loc['box_share']}; fallbacks {len(loc['fallbacks'])}")
-            for line in loc["missed"][:10]:
-                print(f"    missed {line}")
+            _print_locator(row["locator"])
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
     return 0
