@@ -11,6 +11,7 @@ from .config import AugmentConfig
 __all__ = ["flip_lr", "WindowAugment"]
 
 _SWAP = np.array(LR_SWAP_INDEX)
+_NO_POINTS = np.zeros((0, 2), np.float32)
 
 
 def flip_lr(window: np.ndarray, point: tuple[float, float] | None, labels: np.ndarray
@@ -28,6 +29,7 @@ class WindowAugment:
     Example:
         >>> aug = WindowAugment(AugmentConfig())
         >>> window, point, labels = aug(window, point, labels, rng)
+        >>> window, point, points, labels = aug.apply(window, point, points, labels, rng)  # + localizer points
     """
 
     def __init__(self, cfg: AugmentConfig) -> None:
@@ -35,11 +37,21 @@ class WindowAugment:
 
     def __call__(self, window: np.ndarray, point: tuple[float, float] | None, labels: np.ndarray,
                  rng: np.random.Generator) -> tuple[np.ndarray, tuple[float, float] | None, np.ndarray]:
+        window, point, _, labels = self.apply(window, point, _NO_POINTS, labels, rng)
+        return window, point, labels
+
+    def apply(self, window: np.ndarray, point: tuple[float, float] | None, points: np.ndarray, labels: np.ndarray,
+              rng: np.random.Generator) -> tuple[np.ndarray, tuple[float, float] | None, np.ndarray, np.ndarray]:
+        """Augment a window with its ROI point and its localizer points ((N, 2) row, col): every point follows
+        the flip and the affine; the ROI point is clamped into the window, a localizer moved out of it is dropped.
+        Returns (window, point, points, labels)."""
         cfg = self.cfg
+        points = np.asarray(points, dtype=np.float32).reshape(-1, 2)
         if rng.random() < cfg.flip_lr:
             window, point, labels = flip_lr(window, point, labels)
+            points = np.stack([points[:, 0], window.shape[-1] - 1 - points[:, 1]], axis=1)
         if cfg.rotate_deg > 0 or cfg.scale > 0 or cfg.translate > 0:
-            window, point = self._affine(window, point, rng)
+            window, point, points = self._affine(window, point, points, rng)
         window = window.astype(np.float32, copy=False)
         if cfg.contrast > 0 or cfg.brightness > 0:
             gain = 1.0 + rng.uniform(-cfg.contrast, cfg.contrast)
@@ -52,10 +64,10 @@ class WindowAugment:
         if cfg.noise_std > 0:
             std = rng.uniform(0.0, cfg.noise_std)
             window = window + rng.normal(0.0, std, window.shape).astype(np.float32)
-        return np.ascontiguousarray(window, dtype=np.float32), point, labels
+        return np.ascontiguousarray(window, dtype=np.float32), point, points, labels
 
-    def _affine(self, window: np.ndarray, point: tuple[float, float] | None, rng: np.random.Generator
-                ) -> tuple[np.ndarray, tuple[float, float] | None]:
+    def _affine(self, window: np.ndarray, point: tuple[float, float] | None, points: np.ndarray,
+                rng: np.random.Generator) -> tuple[np.ndarray, tuple[float, float] | None, np.ndarray]:
         cfg = self.cfg
         size = window.shape[-1]
         centre = ((size - 1) / 2.0, (size - 1) / 2.0)
@@ -69,6 +81,8 @@ class WindowAugment:
         if point is not None:
             x, y = matrix @ np.array([point[1], point[0], 1.0])
             point = (float(min(max(y, 0.0), size - 1)), float(min(max(x, 0.0), size - 1)))
-        return out, point
-
-
+        if len(points):
+            xy = np.c_[points[:, 1], points[:, 0], np.ones(len(points))] @ matrix.T
+            moved = np.stack([xy[:, 1], xy[:, 0]], axis=1).astype(np.float32)
+            points = moved[np.all((moved >= 0.0) & (moved <= size - 1), axis=1)]
+        return out, point, points

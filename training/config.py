@@ -65,9 +65,18 @@ class ModelConfig:
                                "--pretrained / --no-pretrained)")
     coord_dim: int = _f(64, "width of the coordinate MLP (2 -> coord_dim)")
     drop_rate: float = _f(0.2, "dropout before the classifier")
+    heatmap_weight: float = _f(0.0, "weight of the localizer-heatmap loss, a training-only head on the full stream "
+                                    "(0 = off; the exported graph is the same either way): training.heatmap")
+    heatmap_stride: int = _f(8, "the heatmap's cell in input pixels: the full stream's feature map of this stride")
+    heatmap_sigma: float = _f(6.0, "std of each localizer's gaussian in the heatmap target, input pixels")
 
     def __post_init__(self) -> None:
         model_kind(self.kind)  # ConfigError naming the unknown kind
+        if self.heatmap_weight < 0:
+            raise ConfigError(f"model.heatmap_weight must be >= 0, got {self.heatmap_weight}")
+        if self.heatmap_sigma <= 0:
+            raise ConfigError(f"model.heatmap_sigma must be positive, got {self.heatmap_sigma}")
+        _require_counts(self, "model", ("heatmap_stride",))
         if self.coord_dim < 1:
             raise ConfigError(f"model.coord_dim must be >= 1, got {self.coord_dim}")
         if not 0.0 <= self.drop_rate < 1.0:
@@ -254,6 +263,11 @@ class TrainConfig:
     cache: CacheConfig = field(default_factory=CacheConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     region: RegionTrainConfig = field(default_factory=RegionTrainConfig)  # issue 21
+
+    def __post_init__(self) -> None:
+        if self.model.heatmap_weight > 0 and not model_kind(self.model.kind).windowed:
+            raise ConfigError(f"model.heatmap_weight needs a windowed kind (the heatmap is the 2.5D window's); "
+                              f"model.kind is {self.model.kind!r}")
 
     @property
     def input_channels(self) -> int:

@@ -27,11 +27,12 @@ from inference.windows import iter_window_batches
 
 from .augment import WindowAugment
 from .config import TrainConfig
+from .heatmap import heatmap_focal_loss, render_heatmap, window_points
 from .model import DualStreamNet, InferenceGraph, build_model
 from .sampling import ROI, CachedSeries, Sample, draw_epoch, negative_centres, normalized_coords, roi_crop, window_at
 
 __all__ = ["DistInfo", "init_distributed", "seed_everything", "WindowDataset", "predict_windows", "validate",
-           "mine_hard_negatives", "FoldResult", "FoldTask", "train_fold", "fit_fold", "label_criterion",
+           "mine_hard_negatives", "FoldResult", "FoldTask", "train_fold", "fit_fold", "label_criterion", "heatmap_loss",
            "window_parity_inputs"]
 
 log = logging.getLogger(__name__)
@@ -83,8 +84,9 @@ _LOSS_READ_EVERY = 20
 class WindowDataset(Dataset):
     """Training windows: the kernel's window, augmented, and stream 2 built from the sample's regime.
 
-    Items are (full (C,S,S), roi (C,S,S), coords (2,), labels (14,)) float32 tensors. In the inference regime
-    roi is the window itself and coords are zeros, exactly what the exported graph feeds the network.
+    Items are (full (C,S,S), roi (C,S,S), coords (2,), labels (14,)) float32 tensors, and with
+    model.heatmap_weight > 0 a fifth: the full window's localizer heatmap (1, S/stride, S/stride). In the inference
+    regime roi is the window itself and coords are zeros, exactly what the exported graph feeds the network.
     """
 
     def __init__(self, series: list[CachedSeries], samples: list[Sample], cfg: TrainConfig, *, seed: int,
@@ -94,6 +96,7 @@ class WindowDataset(Dataset):
         self.cfg = cfg
         self.seed = int(seed)
         self.augment = WindowAugment(cfg.augment) if augment else None
+        self.heatmaps = cfg.model.heatmap_weight > 0
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -104,16 +107,23 @@ class WindowDataset(Dataset):
         size = pixels.shape[-1]
         window = window_at(pixels, s.centre, self.cfg.windows.offsets, scale=self.cfg.windows.scale)
         point, labels = s.roi_point, s.labels.copy()
+        points = (window_points(self.series[s.series].points, s.centre, radius=self.cfg.sampling.label_radius)
+                  if self.heatmaps else np.zeros((0, 2), np.float32))
         if self.augment is not None:
             rng = np.random.default_rng([self.seed, index])
-            window, point, labels = self.augment(window, point, labels, rng)
+            window, point, points, labels = self.augment.apply(window, point, points, labels, rng)
         if s.regime == ROI and point is not None:
             roi = roi_crop(window, point, fraction=self.cfg.sampling.roi_fraction, out_size=size)
             coords = normalized_coords(point, size)
         else:
             roi, coords = window, np.zeros(2, np.float32)
-        return (torch.from_numpy(np.ascontiguousarray(window)), torch.from_numpy(np.ascontiguousarray(roi)),
+        item = (torch.from_numpy(np.ascontiguousarray(window)), torch.from_numpy(np.ascontiguousarray(roi)),
                 torch.from_numpy(coords), torch.from_numpy(labels.astype(np.float32)))
+        if self.heatmaps:
+            model = self.cfg.model
+            heat = render_heatmap(points, size, stride=model.heatmap_stride, sigma=model.heatmap_sigma)
+            item += (torch.from_numpy(heat),)
+        return item
 
 
 @torch.no_grad()
@@ -227,14 +237,18 @@ class FoldTask:
     Attributes:
         net: the network (on the device).
         items_per_epoch: training items (windows or series) per epoch, over every rank.
-        epoch_dataset: (epoch, rng) -> that epoch's Dataset; items are tuples whose last element is the labels.
+        epoch_dataset: (epoch, rng) -> that epoch's Dataset; items are tuples whose last element is the labels
+            (with aux_loss: the labels, then the auxiliary target).
         validate: (net) -> report with "configured", "max" and "topk_mean" scores (rank 0 only).
+        aux_loss: (net, auxiliary target batch) -> a loss added to the labels' loss after each forward (the
+            localizer heatmap of the 2.5D model), or None.
     """
 
     net: torch.nn.Module
     items_per_epoch: int
     epoch_dataset: Callable[[int, np.random.Generator], Dataset]
     validate: Callable[[torch.nn.Module], dict[str, Any]]
+    aux_loss: Callable[[torch.nn.Module, torch.Tensor], torch.Tensor] | None = None
 
 
 def window_parity_inputs(series: list[CachedSeries], cfg: TrainConfig, count: int) -> np.ndarray:
@@ -271,9 +285,42 @@ def train_fold(cfg: TrainConfig, fold: int, train_series: list[CachedSeries], va
         return WindowDataset(train_series, samples, cfg, seed=hash((cfg.train.seed, fold, epoch)) % (2**31))
 
     task = FoldTask(net=net, items_per_epoch=cfg.train.windows_per_epoch, epoch_dataset=epoch_dataset,
-                    validate=lambda trained: validate(trained, val_series, cfg, device=info.device))
+                    validate=lambda trained: validate(trained, val_series, cfg, device=info.device),
+                    aux_loss=heatmap_loss(cfg.model.heatmap_weight) if cfg.model.heatmap_weight > 0 else None)
     return fit_fold(cfg, fold, task, val_uids=[s.uid for s in val_series], checkpoint_dir=checkpoint_dir,
                     dist_info=info, progress=progress)
+
+
+def heatmap_loss(weight: float) -> Callable[[torch.nn.Module, torch.Tensor], torch.Tensor]:
+    """The FoldTask.aux_loss of the localizer heatmap: `weight` x the focal loss of the net's heatmap head."""
+    def loss(net: torch.nn.Module, target: torch.Tensor) -> torch.Tensor:
+        return weight * heatmap_focal_loss(net.heatmap_logits(), target)
+    return loss
+
+
+def _batch_loss(model: torch.nn.Module, task: FoldTask, batch: list[torch.Tensor], criterion: torch.nn.Module, *,
+                device: str, use_amp: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One batch's loss (labels, plus the task's auxiliary loss when it has one) and that auxiliary part."""
+    aux_target = None
+    if task.aux_loss is not None:
+        batch, aux_target = batch[:-1], batch[-1].to(device, non_blocking=True)
+    inputs = [t.to(device, non_blocking=True) for t in batch[:-1]]
+    labels = batch[-1].to(device)
+    with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
+        logits = model(*inputs)
+        aux = None if task.aux_loss is None else task.aux_loss(task.net, aux_target)
+    loss = criterion(logits.float(), labels)
+    return (loss, None) if aux is None else (loss + aux, aux)
+
+
+def _epoch_entry(epoch: int, losses: list[torch.Tensor], aux_losses: list[torch.Tensor], *,
+                 lr: float) -> dict[str, Any]:
+    """The history entry of a finished epoch: its mean loss (and the auxiliary part of it, when there is one)."""
+    entry: dict[str, Any] = {"epoch": epoch + 1, "train_loss": float(torch.stack(losses).mean()) if losses else None,
+                             "lr": lr}
+    if aux_losses:  # part of train_loss, reported alone to show the auxiliary target is learned
+        entry["aux_loss"] = float(torch.stack(aux_losses).mean())
+    return entry
 
 
 def fit_fold(cfg: TrainConfig, fold: int, task: FoldTask, *, val_uids: list[str], checkpoint_dir: str | Path,
@@ -325,15 +372,13 @@ def fit_fold(cfg: TrainConfig, fold: int, task: FoldTask, *, val_uids: list[str]
                             num_workers=cfg.train.num_workers, drop_last=True,
                             pin_memory="cuda" in device)
         model.train()
-        losses = []
+        losses, aux_losses = [], []
         bar = Progress(loader, desc=f"fold {fold} epoch {epoch + 1}/{cfg.train.epochs}", unit="batch",
                        enabled=progress and info.is_main, leave=False)
         for batch in bar:
-            inputs = [t.to(device, non_blocking=True) for t in batch[:-1]]
-            labels = batch[-1].to(device)
-            with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
-                logits = model(*inputs)
-            loss = criterion(logits.float(), labels)
+            loss, aux = _batch_loss(model, task, batch, criterion, device=device, use_amp=use_amp)
+            if aux is not None:
+                aux_losses.append(aux.detach())
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             if cfg.train.grad_clip > 0:
@@ -345,9 +390,7 @@ def fit_fold(cfg: TrainConfig, fold: int, task: FoldTask, *, val_uids: list[str]
             losses.append(loss.detach())
             if len(losses) % _LOSS_READ_EVERY == 0:  # reading a CUDA loss waits for the GPU: not every step
                 bar.set_postfix(loss=f"{float(torch.stack(losses[-_LOSS_READ_EVERY:]).mean()):.4f}")
-        entry: dict[str, Any] = {"epoch": epoch + 1,
-                                 "train_loss": float(torch.stack(losses).mean()) if losses else None,
-                                 "lr": scheduler.get_last_lr()[0]}
+        entry = _epoch_entry(epoch, losses, aux_losses, lr=scheduler.get_last_lr()[0])
         last_epoch = epoch + 1 == cfg.train.epochs
         if info.is_main and ((epoch + 1) % cfg.train.val_every == 0 or last_epoch):
             report = task.validate(net)
