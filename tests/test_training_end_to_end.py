@@ -83,3 +83,9 @@ def test_cache_is_keyed_by_the_preprocessing_config_and_reused(trained):
     assert {p: p.stat().st_mtime_ns for p in folders[0].glob("*.npy")} == mtimes
     assert list(report.failures) == ["missing.series"]  # ... and a bad series is reported, not fatal
     assert "missing.series" in json.loads((folders[0] / "failures.json").read_text())
+    from training.cache import cached_entries
+
+    listed = cached_entries(folders[0])  # what benchmarks read back after a run: the same entries, preprocess.json
+    assert set(listed) == set(uids)  # and failures.json are not series
+    assert all(listed[u].shape == report.entries[u].shape and listed[u].points == report.entries[u].points
+               for u in uids)

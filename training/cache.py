@@ -16,7 +16,7 @@ from inference.progress import Progress
 
 from .localizers import LocalizerRow, PreparedPoint, place_points, rows_hash
 
-__all__ = ["CacheEntry", "CacheReport", "cache_dir_for", "build_cache", "load_pixels"]
+__all__ = ["CacheEntry", "CacheReport", "cache_dir_for", "build_cache", "cached_entries", "load_pixels"]
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,21 @@ def _read_valid(root: Path, uid: str, loc_hash: str) -> CacheEntry | None:
     if meta.get("localizer_hash") != loc_hash:
         return None
     return _entry_from_meta(root, meta)
+
+
+def cached_entries(root: str | Path) -> dict[str, CacheEntry]:
+    """Every readable entry of one cache folder (`cache_dir_for`), whatever localizers it was built with: for
+    looking at a finished run's series (benchmarks), never for training (build_cache checks the localizers)."""
+    entries = {}
+    for meta_path in sorted(Path(root).glob("*.json")):
+        try:
+            meta = json.loads(meta_path.read_text())
+            entry = _entry_from_meta(Path(root), meta)
+        except (OSError, json.JSONDecodeError, KeyError, TypeError):
+            continue
+        if Path(entry.pixels_path).is_file():
+            entries[entry.uid] = entry
+    return entries
 
 
 def _cache_one(folder: str, uid: str, rows: list[LocalizerRow], cfg_dict: dict[str, Any], root: str,
