@@ -12,23 +12,8 @@ area, and the series answered on the whole volume (fallback). Train the rows at 
     python train_minimal.py --config configs/tiny.yaml --data-dir DATA --out W_FULL --folds 0,1 --no-oof
     python train_minimal.py --config configs/tiny_region.yaml --data-dir DATA --out W_REGION --folds 0,1 --no-oof
 
-Measured (2 shared CPU cores, issue 21): a to-scale phantom (`phantom.make_dataset(series=240, test_series=60,
-slices=(150, 250), size=(256, 256), blob_radius=(1.0, 3.5), blob_contrast=3.0, slice_coverage_mm=(140, 200))`;
-the default-contrast rows: 200 train series, blob_contrast=1.6), both rows of a table trained at the same budget:
-fold 0 of 3 only, 8 epochs of 2048 windows (`--folds 0 --epochs 8 --set train.val_every=4`), the same 64 px model.
-Held out = the 60 test series through the Predictor (CPU, 1 thread; seconds on a quiet machine):
-
-    contrast  row         held-out  Present  location  windows/series  s/series      fold-0 val
-    3.0       full frame  0.608     0.660    0.556     210 (CTA)       0.63 (CTA)    0.539
-    3.0       region      0.590     0.563    0.617     100 (CTA)       0.49 (CTA)    0.596
-    1.6       full frame  0.539     0.512    0.566     210 (CTA)       0.49 (CTA)    0.534
-    1.6       region      0.527     0.429    0.624     90 (CTA)        0.46 (CTA)    0.590
-
-Locator (400 steps on the 125 / 103 positives): out-of-fold centre error median 24 / 22 mm, box half-size
-(42, 37, 57) / (38, 36, 60) mm (slice, row, col); held out it kept 44 of 44 / 43 of 44 localizer points, with
-48% / 43% of a CTA's slices and 20% of its in-plane area, 0.03 s a series, no fallback. The issue's targets
-(recall >= 99.5% with <= 35% of the slices; >= 0.80 held out and >= full frame + 0.20) are not met at this budget:
-the region rows win on location AUC and on fold-0 validation, lose on Present AUC held out (60 series).
+Measured figures (issue 21, the competition-scale phantom): README.md, "The region stage at the competition's
+scale". `--locator-only` gives the locator's rows of that table on any number of held-out series.
 """
 from __future__ import annotations
 

@@ -245,6 +245,11 @@ def test_the_region_preset_is_the_tiny_preset_plus_the_region_stage():
     tiny, region = load_config(ROOT / "configs" / "tiny.yaml"), load_config(ROOT / "configs" / "tiny_region.yaml")
     assert region.region.enabled and not tiny.region.enabled
     assert dataclasses.replace(region, region=tiny.region) == tiny  # rows compare at the same training budget
+    baseline = load_config(ROOT / "configs" / "competition_phantom.yaml")
+    competition = load_config(ROOT / "configs" / "competition_region.yaml")
+    assert competition.region.enabled and competition.model.heatmap_weight > 0  # the baseline has neither
+    assert dataclasses.replace(competition, region=baseline.region,
+                               model=dataclasses.replace(competition.model, heatmap_weight=0.0)) == baseline
 
 
 def test_the_build_checks_bundles_and_declares_the_locator(region_bundle, tmp_path):

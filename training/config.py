@@ -267,7 +267,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.model.heatmap_weight > 0 and not model_kind(self.model.kind).windowed:
             raise ConfigError(f"model.heatmap_weight needs a windowed kind (the heatmap is the 2.5D window's); "
-                              f"model.kind is {self.model.kind!r}")
+                              f"model.kind is {self.model.kind!r}: add --set model.heatmap_weight=0")
 
     @property
     def input_channels(self) -> int:
