@@ -36,6 +36,7 @@ from training.cache import cache_dir_for, cached_entries, load_pixels  # noqa: E
 from training.config import load_config  # noqa: E402
 from training.data import read_train_table  # noqa: E402
 from training.kinds import load_best  # noqa: E402
+from training.loop import fixed_aggregation  # noqa: E402
 from training.model import InferenceGraph  # noqa: E402
 
 log = logging.getLogger("bench_heatmap")
@@ -58,9 +59,10 @@ def window_answers(net: torch.nn.Module, pixels: np.ndarray, cfg) -> tuple[np.nd
     graph = InferenceGraph(net).eval()
     probs, peaks = [], []
     for batch in iter_window_batches(np.asarray(pixels), cfg.windows, batch_size=64):
-        window = torch.from_numpy(batch.inputs)
-        probs.append(torch.sigmoid(graph(window)).numpy())
-        peaks.append(torch.sigmoid(net.heatmap(window).flatten(1).max(dim=1).values).numpy())
+        with net.capturing():  # the heatmap from the same forward as the logits
+            probs.append(torch.sigmoid(graph(torch.from_numpy(batch.inputs))).numpy())
+            heat = net.heatmap_logits()
+        peaks.append(torch.sigmoid(heat.flatten(1).max(dim=1).values).numpy())
     return np.concatenate(probs), np.concatenate(peaks)
 
 
@@ -92,8 +94,7 @@ def main(argv: list[str] | None = None) -> dict:
     entries = cached_entries(cache_dir_for(cache, cfg.preprocess))
     uids = [u for u, f in assignment.items() if f == args.fold and u in entries]
     net = load_best(args.checkpoint_dir / f"fold{args.fold}" / "best.pt", cfg)
-    agg = cfg.aggregation if cfg.aggregation.method != "learned" else AggregationConfig(
-        method="topk_mean", top_k=cfg.aggregation.top_k)
+    agg = fixed_aggregation(cfg.aggregation)
     answers: dict[str, list[np.ndarray]] = {name: [] for name in ANSWERS}
     for uid in Progress(uids, desc="series", unit="series"):
         probs, peaks = window_answers(net, load_pixels(entries[uid]), cfg)

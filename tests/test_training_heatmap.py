@@ -18,7 +18,7 @@ from training.export import export_fold
 from training.heatmap import heatmap_focal_loss, render_heatmap, window_points
 from training.localizers import PreparedPoint
 from training.loop import WindowDataset, train_fold
-from training.model import DualStreamNet, build_model
+from training.model import DualStreamNet, InferenceGraph, build_model
 from training.sampling import draw_epoch, window_labels
 
 ARCH = "mobilenetv3_small_050"
@@ -105,6 +105,9 @@ def test_the_head_runs_only_in_training_and_the_export_is_the_graph_without_it(t
         net.heatmap_logits()  # evaluation forwards keep nothing
     with torch.no_grad():
         assert net.heatmap(x).shape == (3, 1, 4, 4)  # asked for, in evaluation mode
+        with net.capturing():  # or read from the inference graph's own forward: the same map
+            InferenceGraph(net)(x)
+            assert torch.equal(net.heatmap_logits(), net.heatmap(x))
     plain = DualStreamNet(ARCH, in_chans=5).eval()
     state = {k: v for k, v in net.state_dict().items() if not k.startswith("heatmap_head.")}
     plain.load_state_dict(state)

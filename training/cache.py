@@ -61,32 +61,27 @@ def _entry_from_meta(root: Path, meta: dict[str, Any]) -> CacheEntry:
                       notes=tuple(meta.get("notes", ())))
 
 
-def _read_valid(root: Path, uid: str, loc_hash: str) -> CacheEntry | None:
+def _read_valid(root: Path, uid: str, loc_hash: str | None) -> CacheEntry | None:
+    """The cached entry of `uid`, or None when it is missing, unreadable or built with other localizers
+    (`loc_hash` None: any localizers)."""
     meta_path, pixels_path = root / f"{uid}.json", root / f"{uid}.npy"
     if not (meta_path.is_file() and pixels_path.is_file()):
         return None
     try:
         meta = json.loads(meta_path.read_text())
-    except (OSError, json.JSONDecodeError):
+        if loc_hash is not None and meta.get("localizer_hash") != loc_hash:
+            return None
+        return _entry_from_meta(root, meta)
+    except (OSError, json.JSONDecodeError, KeyError, TypeError):
         return None
-    if meta.get("localizer_hash") != loc_hash:
-        return None
-    return _entry_from_meta(root, meta)
 
 
 def cached_entries(root: str | Path) -> dict[str, CacheEntry]:
     """Every readable entry of one cache folder (`cache_dir_for`), whatever localizers it was built with: for
     looking at a finished run's series (benchmarks), never for training (build_cache checks the localizers)."""
-    entries = {}
-    for meta_path in sorted(Path(root).glob("*.json")):
-        try:
-            meta = json.loads(meta_path.read_text())
-            entry = _entry_from_meta(Path(root), meta)
-        except (OSError, json.JSONDecodeError, KeyError, TypeError):
-            continue
-        if Path(entry.pixels_path).is_file():
-            entries[entry.uid] = entry
-    return entries
+    root = Path(root)
+    entries = {path.stem: _read_valid(root, path.stem, None) for path in sorted(root.glob("*.npy"))}
+    return {uid: entry for uid, entry in entries.items() if entry is not None}
 
 
 def _cache_one(folder: str, uid: str, rows: list[LocalizerRow], cfg_dict: dict[str, Any], root: str,

@@ -75,8 +75,7 @@ def stream_tap(stream: nn.Module, stride: int) -> tuple[nn.Module, int]:
     Raises:
         ConfigError: the backbone reports no feature map at this stride (model.heatmap_stride).
     """
-    info = getattr(stream, "feature_info", None)
-    entries = [info[i] for i in range(len(info))] if info is not None else []
+    entries = list(getattr(stream, "feature_info", None) or [])
     for entry in entries:
         if int(entry["reduction"]) == stride:
             return stream.get_submodule(entry["module"]), int(entry["num_chs"])

@@ -32,8 +32,8 @@ from .model import DualStreamNet, InferenceGraph, build_model
 from .sampling import ROI, CachedSeries, Sample, draw_epoch, negative_centres, normalized_coords, roi_crop, window_at
 
 __all__ = ["DistInfo", "init_distributed", "seed_everything", "WindowDataset", "predict_windows", "validate",
-           "mine_hard_negatives", "FoldResult", "FoldTask", "train_fold", "fit_fold", "label_criterion", "heatmap_loss",
-           "window_parity_inputs"]
+           "fixed_aggregation", "mine_hard_negatives", "FoldResult", "FoldTask", "train_fold", "fit_fold",
+           "label_criterion", "heatmap_loss", "window_parity_inputs"]
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +139,12 @@ def predict_windows(net: DualStreamNet, pixels: np.ndarray, cfg: TrainConfig, *,
     return np.concatenate(out, axis=0)
 
 
+def fixed_aggregation(agg: AggregationConfig) -> AggregationConfig:
+    """The reduction a fold is scored with: the configured one, or top-k mean in place of the learned aggregator
+    (which is fitted on the out-of-fold windows after the folds)."""
+    return agg if agg.method != "learned" else AggregationConfig(method="topk_mean", top_k=agg.top_k)
+
+
 def validate(net: DualStreamNet, series: list[CachedSeries], cfg: TrainConfig, *, device: str = "cpu",
              progress: bool = False) -> dict[str, Any]:
     """Series-level validation in the inference regime, with the configured aggregation and both alternatives."""
@@ -149,8 +155,7 @@ def validate(net: DualStreamNet, series: list[CachedSeries], cfg: TrainConfig, *
     net.train(was_training)
     y_true = np.stack([s.labels for s in series])
     report = {}
-    configured = cfg.aggregation if cfg.aggregation.method != "learned" else AggregationConfig(
-        method="topk_mean", top_k=cfg.aggregation.top_k)  # the learned aggregator is fitted after the folds
+    configured = fixed_aggregation(cfg.aggregation)
     methods = {"configured": configured, "max": AggregationConfig(method="max"),
                "topk_mean": AggregationConfig(method="topk_mean", top_k=cfg.aggregation.top_k)}
     for name, agg in methods.items():

@@ -1,6 +1,9 @@
 """DualStreamNet (full window + ROI crop + coordinate MLP -> 14 logits) and its one-input inference graph."""
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import timm
 import torch
 from torch import nn
@@ -66,16 +69,23 @@ class DualStreamNet(nn.Module):
         features, self._tapped = self._tapped, None
         return self.heatmap_head(features)
 
-    def heatmap(self, full: torch.Tensor) -> torch.Tensor:
-        """(B, 1, H, W) heatmap logits of full windows in the current mode (eval: batch-norm running statistics),
-        to look at what the head learned; runs only the full stream and the head."""
+    @contextlib.contextmanager
+    def capturing(self) -> Iterator[None]:
+        """Keep the tapped features in evaluation mode too, so `heatmap_logits()` answers after an evaluation
+        forward (e.g. of the inference graph) without running the full stream again."""
         if self.heatmap_head is None:
             raise RuntimeError("no heatmap head: build the net with heatmap_stride")
         self._capture = True
         try:
-            self.full_stream(full)
+            yield
         finally:
             self._capture = False
+
+    def heatmap(self, full: torch.Tensor) -> torch.Tensor:
+        """(B, 1, H, W) heatmap logits of full windows in the current mode (eval: batch-norm running statistics),
+        to look at what the head learned; runs only the full stream and the head."""
+        with self.capturing():
+            self.full_stream(full)
         return self.heatmap_logits()
 
 
