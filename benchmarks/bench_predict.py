@@ -10,6 +10,15 @@ Example:
     .venv/bin/python benchmarks/bench_predict.py --syntax jpeg2000  # a JPEG 2000 series: decode-bound
     .venv/bin/python benchmarks/bench_predict.py --torch-cuda       # also time the model in torch on CUDA
     .venv/bin/python benchmarks/bench_predict.py --volume           # a blend: + the 32 x 384 volume member
+    .venv/bin/python benchmarks/bench_predict.py --region           # + the same fold behind the region stage
+    .venv/bin/python benchmarks/bench_predict.py --region --slices 200 --size 128 --image-size 64 \
+        --backbone test_efficientnet                                # quick region run
+
+With --region the same random-weight fold is also bundled behind a region locator with the competition's measured
+box (README, "The region stage at the competition's scale"), and each repeat answers the series both ways: the
+windows scored, whole wall and CPU seconds, load/prep/infer seconds and the locator's seconds side by side, then
+the ratios full frame / region (the issue 21 target: <= 1/3 of the windows on a CTA, seconds lower by about the
+same factor less the locator's cost). The box's share of the slices follows from the series' 0.6 mm spacing.
 """
 from __future__ import annotations
 
@@ -20,6 +29,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -27,8 +37,27 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from inference.blend import Blend, BlendMember  # noqa: E402
+from inference.report import SeriesReport  # noqa: E402
+
+if TYPE_CHECKING:
+    from inference.decode_pool import DecodePool
+    from inference.predict import Predictor
+    from training.region import TinyLocator
 
 log = logging.getLogger("bench_predict")
+
+# the competition-scale locator's box, measured out of fold (README, "The region stage at the competition's scale")
+REGION_HALF_SIZE_MM = (29.5, 28.1, 49.1)  # (slice, row, column) axes
+REGION_SHIFT_MM = (-3.7, 0.3, -0.3)
+
+
+@dataclasses.dataclass
+class Timed:
+    """One predict_series call: its report and the whole call's wall and process CPU seconds."""
+
+    report: SeriesReport
+    wall: float
+    cpu: float
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -57,7 +86,13 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                         help="volume member's timm backbone (default tf_efficientnetv2_s)")
     parser.add_argument("--torch-cuda", action="store_true",
                         help="also time the model in torch on CUDA (fp32/fp16, batch 32/128) when a GPU is present")
-    return parser.parse_args(argv)
+    parser.add_argument("--region", action="store_true",
+                        help="also answer the series through the region stage (the same fold behind a locator with "
+                             "the competition's measured box) and compare it with the full frame")
+    args = parser.parse_args(argv)
+    if args.region and args.volume:
+        parser.error("--region times one 2.5D model: leave out --volume")
+    return args
 
 
 def _export(args: argparse.Namespace, bundle: Path):
@@ -98,6 +133,113 @@ def _export_volume_member(args: argparse.Namespace, folder: Path) -> None:
                             input_dtype="float16" if args.float16 else "float32")
     dataclasses.replace(manifest, kind="volume32", volume=VolumeConfig(depth=depth), input_name="volume",
                         input_shape=("batch", depth, size, size)).write(folder)
+
+
+def _export_region_bundle(full_bundle: Path, folder: Path) -> None:
+    """The full-frame bundle's fold behind a locator that answers the field's centre, with the measured box."""
+    import shutil
+
+    from inference.manifest import Manifest, sha256_file
+    from training.config import RegionTrainConfig
+    from training.region import export_locator
+
+    folder.mkdir(parents=True, exist_ok=True)
+    manifest = Manifest.read(full_bundle, verify=False)
+    for fold in manifest.folds:
+        shutil.copy2(full_bundle / fold.file, folder / fold.file)
+    spec = RegionTrainConfig(enabled=True).spec(half_size_mm=REGION_HALF_SIZE_MM, shift_mm=REGION_SHIFT_MM)
+    examples = np.random.default_rng(0).uniform(size=(2, 6, spec.input_size, spec.input_size)).astype(np.float32)
+    export_locator(_centre_locator(spec.input_size), folder / spec.file, spec, examples)
+    spec = dataclasses.replace(spec, sha256=sha256_file(folder / spec.file))
+    dataclasses.replace(manifest, region=spec.to_dict()).write(folder)
+    Manifest.read(folder, verify=True)
+
+
+def _centre_locator(input_size: int) -> TinyLocator:
+    """A locator that answers the middle of the field for every series.
+
+    A random-weight locator would put the box anywhere, or outside the volume (the plausibility check then answers
+    the whole volume), so the timing would not be the region's. A trained one finds the circle of Willis near the
+    middle of a head CTA: a box of the measured size inside the series is what this benchmark needs. TinyLocator
+    answers head(features) + 0.5 as fractions of the extent, so a last layer of zeros answers 0.5 on each axis.
+    """
+    import torch
+
+    from training.region import TinyLocator
+
+    net = TinyLocator(input_size).eval()
+    last = net.head[-1]
+    assert isinstance(last, torch.nn.Linear)
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.zero_()
+    return net
+
+
+def _region_predictor(bundle: Path, args: argparse.Namespace, pool: DecodePool) -> Predictor:
+    """The region bundle's Predictor, its fold sessions and locator built and warmed up."""
+    from inference.predict import Predictor
+
+    predictor = Predictor(bundle, providers=["CPUExecutionProvider"], threads=args.threads, decode_pool=pool)
+    if not predictor.load(warm_up=True):
+        raise SystemExit(f"the region bundle {bundle} did not load (see the log)")
+    return predictor
+
+
+def _timed_predict(predictor: Predictor, series: Path) -> Timed:
+    c, t = time.process_time(), time.perf_counter()
+    probs, report = predictor.predict_series(str(series))
+    timed = Timed(report, time.perf_counter() - t, time.process_time() - c)
+    if not np.isfinite(probs).all():
+        print("WARNING: non-finite output")
+    return timed
+
+
+def _region_fell_back(region: list[Timed]) -> str:
+    """Why a region run was not answered on a box ("" when every run was)."""
+    for run in region:
+        if not run.report.region.startswith("region"):
+            return f"the region run fell back to {run.report.region or 'the whole volume (no region note)'}"
+    return ""
+
+
+def _print_region_comparison(full: list[Timed], region: list[Timed]) -> None:
+    """Full frame and region side by side per repeat, then the medians' ratios (full / region)."""
+    print()
+    print(f"region: box half-sizes {' x '.join(map(str, REGION_HALF_SIZE_MM))} mm, shift {REGION_SHIFT_MM} mm; "
+          f"{region[0].report.region}")
+    print(f"{'run':>12s} {'windows':>7s} {'slices':>6s} {'whole':>7s} {'cpu':>7s} {'load':>7s} {'prep':>7s} "
+          f"{'infer':>7s} {'locate':>7s}  (seconds: wall, but cpu = this process's CPU over the whole call)")
+    for pair in zip(full, region):
+        for name, run in zip(("full frame", "region"), pair):
+            r = run.report
+            print(f"{name:>12s} {r.windows:7d} {r.slices:6d} {run.wall:7.3f} {run.cpu:7.3f} {r.load_s:7.3f} "
+                  f"{r.preprocess_s:7.3f} {r.infer_s:7.3f} {r.locate_s:7.3f}")
+    med = {name: {key: float(np.median([getattr(run, key) for run in runs])) for key in ("wall", "cpu")}
+           for name, runs in (("full", full), ("region", region))}
+    windows_full, windows_region = full[0].report.windows, region[0].report.windows
+    locate = float(np.median([run.report.locate_s for run in region]))
+    fewer = windows_full / windows_region
+    share = region[0].report.slices / full[0].report.slices
+    print(f"region vs full frame: windows {windows_full} -> {windows_region} ({fewer:.2f}x fewer; box holds "
+          f"{share:.0%} of the slices), whole wall {med['full']['wall']:.2f} -> {med['region']['wall']:.2f} s "
+          f"({med['full']['wall'] / med['region']['wall']:.2f}x), CPU {med['full']['cpu']:.2f} -> "
+          f"{med['region']['cpu']:.2f} s ({med['full']['cpu'] / med['region']['cpu']:.2f}x) "
+          f"(locator {locate:.3f} s; medians of {len(full)})")
+    bound = med["full"]["wall"] / fewer + locate
+    print(f"target: windows <= 1/3 of the full frame's: {'met' if fewer >= 3 else 'not met'}; region wall <= full "
+          f"wall / {fewer:.2f} + locator = {bound:.2f} s: {'met' if med['region']['wall'] <= bound else 'not met'}")
+
+
+def _report_region(full: list[Timed], region: list[Timed]) -> int:
+    """Print the comparison; 1 (with why) when the region run fell back to the whole volume, else 0."""
+    _print_region_comparison(full, region)
+    problem = _region_fell_back(region)
+    if problem:
+        print(f"ERROR: {problem}: the region stage was not measured (the box must lie in the series: see --size, "
+              "--slices)", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _bare_model(ensemble, windows: int, image_size: int, batch_size: int) -> float:
@@ -154,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
         bundle, series = work / "bundle", work / f"series_{args.syntax}" / "1.2.826.0.1.3680043.8.498.1"
         t = time.perf_counter()
         model = _export(args, bundle)
+        if args.region:
+            _export_region_bundle(bundle, work / "bundle_region")
         print(f"exported {args.backbone} dual-stream ONNX in {time.perf_counter() - t:.1f}s")
         if not series.is_dir() or len(list(series.glob("*.dcm"))) != args.slices:
             t = time.perf_counter()
@@ -176,22 +320,22 @@ def main(argv: list[str] | None = None) -> int:
             member = predictor.members["volume32"].ensemble
             member.predict_windows(np.zeros((1, args.volume_depth, args.volume_size, args.volume_size),
                                             dtype=member.input_dtype))
+        region_predictor = _region_predictor(work / "bundle_region", args, pool) if args.region else None
 
         load_series(series, pool=pool)  # page cache and decoding workers warm
-        rows = []
+        rows, full_runs, region_runs = [], [], []
         for _ in range(args.repeats):  # interleaved, so load from other jobs hits both sides alike
             t = time.perf_counter()
             load_series(series, pool=pool)
             decode = time.perf_counter() - t
-            c, t = time.process_time(), time.perf_counter()
-            probs, report = predictor.predict_series(str(series))
-            whole, whole_cpu = time.perf_counter() - t, time.process_time() - c
+            full_runs.append(_timed_predict(predictor, series))
+            report, whole, whole_cpu = full_runs[-1].report, full_runs[-1].wall, full_runs[-1].cpu
             c = time.process_time()
             bare = _bare_model(ensemble, report.windows, args.image_size, args.batch_size)
             bare_cpu = time.process_time() - c
             rows.append((report, whole, bare, whole_cpu, bare_cpu, decode))
-            if not np.isfinite(probs).all():
-                print("WARNING: non-finite output")
+            if region_predictor is not None:
+                region_runs.append(_timed_predict(region_predictor, series))
         pool.close()
         print()
         import os
@@ -218,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
               "(target <= 1.15 where the cores allow overlap)")
         if args.torch_cuda:
             _torch_cuda(model, args.image_size)
-    return 0
+    return _report_region(full_runs, region_runs) if region_runs else 0
 
 
 if __name__ == "__main__":

@@ -75,7 +75,9 @@ class DualStreamNet(nn.Module):
         self.stream_a = timm.create_model(backbone, pretrained=False, in_chans=in_chans, num_classes=0)
         self.stream_b = timm.create_model(backbone, pretrained=False, in_chans=in_chans, num_classes=0)
         self.coord = nn.Sequential(nn.Linear(2, coord_hidden), nn.ReLU())
-        features = self.stream_a.num_features + self.stream_b.num_features + coord_hidden
+        # MobileNetV3 adds a head conv after num_features: its pooled width is head_hidden_size
+        width = int(getattr(self.stream_a, "head_hidden_size", None) or self.stream_a.num_features)
+        features = 2 * width + coord_hidden
         self.head = nn.Linear(features, num_labels)
 
     def forward(self, window: torch.Tensor) -> torch.Tensor:
