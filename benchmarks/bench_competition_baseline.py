@@ -4,13 +4,14 @@
     python benchmarks/bench_competition_baseline.py --out runs/baseline_c1.6 --blob-contrast 1.6 # the phantom's own
 
 Writes the phantom at the competition's scale (`python -m phantom --scale competition --downscale 4`: the real
-data's slices and millimetres, 128 px a side; aneurysms 2-10 mm across), trains `configs/competition_phantom.yaml`
-(the tiny preset at 128 px) in 2 folds, builds the Kaggle bundle, runs the bundled kernel through the local
-gateway on the held-out series and scores it (`python -m evaluation`), then scores each fold alone on the same
-held-out series through the kernel's Predictor. Prints one table: score, Aneurysm Present AUC, mean location AUC
-(held out: the ensemble and each fold; each fold's best validation score), windows scored per series by modality,
-kernel seconds per series, and each step's wall and CPU minutes; writes it as baseline.json in --out. A data
-folder that already holds train.csv is reused (--data), and finished folds are kept.
+data's slices and millimetres, 128 px a side; aneurysms 2-10 mm across; 600 training series), trains
+`configs/competition_phantom.yaml` (the tiny preset's model at 96 px; `--config configs/competition_region.yaml`:
+the region stage at the same budget) on fold 0 (`--folds`), builds the Kaggle bundle, runs the bundled kernel
+through the local gateway on the held-out series and scores it (`python -m evaluation`), then scores each fold
+alone on the same held-out series through the kernel's Predictor. Prints one table: score, Aneurysm Present AUC,
+mean location AUC (held out: the ensemble and each fold; each fold's best validation score), windows scored per
+series by modality, kernel seconds per series, and each step's wall and CPU minutes; writes it as baseline.json in
+--out. A data folder that already holds train.csv is reused (--data), and finished folds are kept.
 """
 from __future__ import annotations
 
@@ -42,14 +43,14 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="work folder")
     parser.add_argument("--data", type=Path, default=None, help="phantom folder (default OUT/data; reused if written)")
-    parser.add_argument("--series", type=int, default=300, help="phantom train series (default 300)")
+    parser.add_argument("--series", type=int, default=600, help="phantom train series (default 600)")
     parser.add_argument("--test-series", type=int, default=60, help="held-out series (default 60)")
     parser.add_argument("--downscale", type=int, default=4, help="phantom --downscale (default 4: 128 px)")
     parser.add_argument("--blob-contrast", type=float, default=3.0,
                         help="3.0: the demo's contrast; 1.6: the phantom's default (default 3.0)")
     parser.add_argument("--seed", type=int, default=0, help="phantom and training seed (default 0)")
     parser.add_argument("--config", type=Path, default=ROOT / "configs" / "competition_phantom.yaml")
-    parser.add_argument("--folds", default="0,1", help="folds to train (default 0,1)")
+    parser.add_argument("--folds", default="0", help="folds to train, comma-separated (default 0)")
     parser.add_argument("--workers", type=int, default=2, help="phantom writer processes (default 2)")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="extra trainer config override (repeatable)")
