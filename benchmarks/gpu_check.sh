@@ -29,7 +29,7 @@ step() { echo; echo "=== $1  ($(date +%T)) ==="; }
 step "phantom: 80 train + 20 test series, uncompressed"
 python3 -m phantom --out "$work/data" --series 80 --test-series 20 --compressed-fraction 0 --workers 8 --quiet
 
-step "competition preset (tf_efficientnet_b0, 224 px) under torchrun on CUDA: 1 fold, 2 short epochs, fp16 export"
+step "competition preset (tf_efficientnet_b0, 224 px, region stage) under torchrun on CUDA: 1 fold, 2 short epochs, fp16 export"
 start=$(date +%s)
 torchrun --standalone --nproc_per_node 1 train_minimal.py --config configs/competition.yaml \
   --data-dir "$work/data" --out "$work/weights" --cache-dir "$work/cache" --checkpoint-dir "$work/ckpt" \

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from inference.config import PreprocessConfig, to_dict
-from inference.errors import ConfigError
+from inference.errors import ConfigError, KitError
 from inference.kinds import VOLUME_32, WINDOW_25D
 from inference.labels import LABELS, LOCATION_LABELS
 from inference.load import load_series
@@ -32,7 +32,16 @@ from tests.onnx_models import PlantedModel, export_onnx, write_bundle, write_ct_
 from training.cache import _cache_one
 from training.config import RegionTrainConfig
 from training.localizers import LocalizerRow
-from training.region import LocatorSample, TinyLocator, box_for, export_locator, fit_locator, view
+from training.region import (
+    LocatorSample,
+    TinyLocator,
+    box_for,
+    export_locator,
+    fit_locator,
+    read_boxes,
+    view,
+    write_boxes,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 PRE = PreprocessConfig(image_size=32, ct_window=(0.0, 255.0))
@@ -338,3 +347,13 @@ def test_a_compressed_series_decodes_only_the_box_and_answers_as_if_read_whole(r
     np.testing.assert_array_equal(values, expected)
     decoded = [r.getMessage() for r in caplog.records if "the rest lie outside the region" in r.getMessage()]
     assert decoded and "of 30 slices" in decoded[0] and report.slices < 30, decoded
+
+
+def test_the_boxes_file_gives_the_other_ranks_each_series_box_as_the_cache_keyed_it(tmp_path):
+    boxes = {"a": Box((1.0, -2.5, 3.25), (40.123456, 50.0, 60.0)), "b": None}
+    write_boxes(tmp_path / "region", boxes)
+    read = read_boxes(tmp_path / "region")
+    assert read["b"] is None and read.keys() == boxes.keys()
+    assert read["a"].to_dict() == boxes["a"].to_dict()  # the cache's validity key is built from to_dict()
+    with pytest.raises(KitError, match="boxes"):
+        read_boxes(tmp_path / "elsewhere")

@@ -9,6 +9,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,12 @@ __all__ = ["DistInfo", "init_distributed", "seed_everything", "WindowDataset", "
 log = logging.getLogger(__name__)
 
 
+# How long the other ranks may wait while the main rank works alone: reading and caching every series, fitting the
+# region locator on them (issue 21: a second read of every series), the out-of-fold report through the kernel. On the
+# real data that takes far longer than NCCL's watchdog lets a collective wait (10 minutes by default).
+MAIN_RANK_WORK_TIMEOUT = timedelta(hours=12)
+
+
 @dataclass(frozen=True)
 class DistInfo:
     """This process's place in a torchrun job (rank 0 of 1 without torchrun)."""
@@ -46,6 +53,7 @@ class DistInfo:
     world_size: int = 1
     local_rank: int = 0
     device: str = "cpu"
+    wait_group: Any = field(default=None, compare=False, repr=False)  # gloo, MAIN_RANK_WORK_TIMEOUT
 
     @property
     def is_main(self) -> bool:
@@ -54,6 +62,14 @@ class DistInfo:
     def barrier(self) -> None:
         if self.world_size > 1:
             dist.barrier()
+
+    def wait_for_main(self) -> None:
+        """A barrier for the main rank's long work alone (the cache, the region locator, the out-of-fold report).
+
+        It runs on a gloo group whose timeout is MAIN_RANK_WORK_TIMEOUT, not on the training group's collectives.
+        """
+        if self.world_size > 1:
+            dist.barrier(group=self.wait_group)
 
 
 def init_distributed() -> DistInfo:
@@ -65,9 +81,12 @@ def init_distributed() -> DistInfo:
     device = f"cuda:{local_rank}" if cuda else "cpu"
     if cuda:
         torch.cuda.set_device(local_rank)
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if cuda else "gloo")
-    return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=device)
+    wait_group = None
+    if world > 1:
+        if not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if cuda else "gloo")
+        wait_group = dist.new_group(backend="gloo", timeout=MAIN_RANK_WORK_TIMEOUT)
+    return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=device, wait_group=wait_group)
 
 
 def seed_everything(seed: int) -> None:

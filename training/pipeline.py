@@ -17,6 +17,7 @@ import yaml
 from inference.errors import ConfigError, ManifestError
 from inference.labels import PRESENT_INDEX
 from inference.manifest import Manifest
+from inference.region import Box
 
 from .cache import build_cache, load_pixels
 from .config import TrainConfig
@@ -88,19 +89,34 @@ def _install_aggregator(out_dir: Path, windows: list, stacking: dict[str, Any]) 
     return provenance["aggregation"]
 
 
-def _fit_region(cfg: TrainConfig, folders: dict[str, Path], localizers: dict[str, Any], *, cache_dir: str | Path,
-                out_dir: str | Path, world_size: int, progress: bool) -> tuple[RegionFit | None, str | Path]:
-    """The region locator fitted on the series (issue 21; `training.region.fit_region`) and the cache folder of the
-    series cropped to its boxes; (None, `cache_dir`) when the config asks for no region stage."""
-    if not cfg.region.enabled:
-        return None, cache_dir
-    from .region import fit_region
+def _series_cache_dir(cfg: TrainConfig, cache_dir: str | Path) -> str | Path:
+    """Where the series are cached: `cache_dir`, or with the region stage its `region/` folder (the series cropped
+    to their boxes, issue 21)."""
+    return Path(cache_dir) / "region" if cfg.region.enabled else cache_dir
 
-    if world_size > 1:
-        raise ConfigError("region.enabled trains on one process (the locator is fitted before the folds)")
+
+def _fit_region(cfg: TrainConfig, folders: dict[str, Path], localizers: dict[str, Any], *, cache_dir: str | Path,
+                out_dir: str | Path, progress: bool) -> RegionFit | None:
+    """The region locator fitted on the series (issue 21; `training.region.fit_region`), its boxes also written to
+    the region cache folder for the other torchrun ranks (`_main_rank_boxes`); None without a region stage."""
+    if not cfg.region.enabled:
+        return None
+    from .region import fit_region, write_boxes
+
     region = fit_region(cfg.region, folders, localizers, cache_dir=cache_dir, out_dir=out_dir,
                         num_folds=cfg.train.num_folds, seed=cfg.train.seed, progress=progress)
-    return region, Path(cache_dir) / "region"
+    write_boxes(_series_cache_dir(cfg, cache_dir), region.boxes)
+    return region
+
+
+def _main_rank_boxes(cfg: TrainConfig, cache_dir: str | Path) -> dict[str, Box | None] | None:
+    """On a torchrun rank other than the main one: the boxes the main rank's `_fit_region` wrote (issue 21), so
+    that this rank finds the series cached inside them; None without a region stage."""
+    if not cfg.region.enabled:
+        return None
+    from .region import read_boxes
+
+    return read_boxes(_series_cache_dir(cfg, cache_dir))
 
 
 def _write_region(out_dir: Path, region: RegionFit | None) -> None:
@@ -133,16 +149,18 @@ def run_training(cfg: TrainConfig, *, data_dir: str | Path, out_dir: str | Path,
     folders = {uid: series_folder(data_dir, uid) for uid in table.uids}
     missing = {uid: "series folder missing" for uid, folder in folders.items() if not folder.is_dir()}
     folders = {uid: f for uid, f in folders.items() if uid not in missing}
-    # issue 21: the region locator first; the 2.5D model then trains inside its boxes (cached apart)
-    region, cache_dir = _fit_region(cfg, folders, localizers, cache_dir=cache_dir, out_dir=out_dir,
-                                    world_size=info.world_size, progress=progress)
+    # issue 21: the main rank fits the region locator first; every rank's 2.5D model then trains inside its boxes
+    # (cached apart). The other ranks wait, then read what the main rank cached.
+    series_cache = _series_cache_dir(cfg, cache_dir)
+    region = None
     if info.is_main:
-        report = build_cache(folders, localizers, cfg.preprocess, cache_dir, workers=cfg.cache.workers,
+        region = _fit_region(cfg, folders, localizers, cache_dir=cache_dir, out_dir=out_dir, progress=progress)
+        report = build_cache(folders, localizers, cfg.preprocess, series_cache, workers=cfg.cache.workers,
                              progress=progress, boxes=None if region is None else region.boxes)
-    info.barrier()
+    info.wait_for_main()
     if not info.is_main:
-        report = build_cache(folders, localizers, cfg.preprocess, cache_dir, workers=0, progress=False,
-                             read_only=True)
+        report = build_cache(folders, localizers, cfg.preprocess, series_cache, workers=0, progress=False,
+                             read_only=True, boxes=_main_rank_boxes(cfg, cache_dir))
     failures = {**missing, **report.failures}
     uids = [u for u in table.uids if u in report.entries]
     if len(uids) < cfg.train.num_folds:
@@ -201,7 +219,7 @@ def run_training(cfg: TrainConfig, *, data_dir: str | Path, out_dir: str | Path,
             windows = summary["oof"].pop("windows")
             if cfg.export.stack and "stacking" in summary["oof"]:
                 summary["aggregation"] = _install_aggregator(out_dir, windows, summary["oof"]["stacking"])
-    info.barrier()
+    info.wait_for_main()
     if info.world_size > 1 and dist.is_initialized():
         dist.destroy_process_group()
     return summary

@@ -47,7 +47,8 @@ from .config import RegionTrainConfig
 from .localizers import LocalizerRow, place_points
 
 __all__ = ["LocatorSample", "LocatorFit", "TinyLocator", "collect_samples", "fit_locator", "view", "site_loss",
-           "export_locator", "fit_region", "RegionFit", "CanonicalPlacement", "place_in_region", "box_key", "box_for"]
+           "export_locator", "fit_region", "RegionFit", "CanonicalPlacement", "place_in_region", "box_key", "box_for",
+           "write_boxes", "read_boxes"]
 
 log = logging.getLogger(__name__)
 
@@ -405,6 +406,39 @@ class RegionFit:
     boxes: dict[str, Box | None]
     spec: RegionSpec
     notes: dict[str, str] = field(default_factory=dict)
+
+
+BOXES_FILE = "boxes.json"
+
+
+def write_boxes(folder: str | Path, boxes: dict[str, Box | None]) -> Path:
+    """Write each training series' box to `folder/boxes.json` (uid -> box or null), atomically.
+
+    Under torchrun only the main rank fits the locator; the other ranks read its boxes back (`read_boxes`) to find
+    the series it cached inside them (a cached entry's validity key holds its box).
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{BOXES_FILE}.{os.getpid()}"
+    tmp.write_text(json.dumps({uid: None if box is None else box.to_dict() for uid, box in boxes.items()},
+                              sort_keys=True))
+    os.replace(tmp, folder / BOXES_FILE)
+    return folder / BOXES_FILE
+
+
+def read_boxes(folder: str | Path) -> dict[str, Box | None]:
+    """The boxes `write_boxes` left in `folder`: uid -> its box (None: the whole volume).
+
+    Raises:
+        KitError: no readable boxes file there (the main rank has not fitted the region into this folder).
+    """
+    path = Path(folder) / BOXES_FILE
+    try:
+        data = json.loads(path.read_text())
+        return {uid: None if box is None else Box.from_dict(box) for uid, box in data.items()}
+    except (OSError, json.JSONDecodeError, AttributeError, KeyError, TypeError, KitError) as exc:
+        raise KitError(f"{path}: the region boxes of the main rank are unreadable: {type(exc).__name__}: {exc}") \
+            from exc
 
 
 def box_for(sample: LocatorSample, fraction: np.ndarray, spec: RegionSpec) -> tuple[Box | None, str]:
