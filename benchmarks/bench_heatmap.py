@@ -38,6 +38,7 @@ from training.data import read_train_table  # noqa: E402
 from training.kinds import load_best  # noqa: E402
 from training.loop import fixed_aggregation  # noqa: E402
 from training.model import InferenceGraph  # noqa: E402
+from training.pipeline import series_cache_dir  # noqa: E402
 
 log = logging.getLogger("bench_heatmap")
 ANSWERS = ("classifier", "heatmap", "both")
@@ -90,8 +91,7 @@ def main(argv: list[str] | None = None) -> dict:
     manifest = Manifest.read(args.weights, verify=False)
     assignment = manifest.provenance["fold_assignment"]
     table = read_train_table(Path(manifest.provenance["data_dir"]) / "train.csv")
-    cache = args.cache_dir / "region" if cfg.region.enabled else args.cache_dir
-    entries = cached_entries(cache_dir_for(cache, cfg.preprocess))
+    entries = cached_entries(cache_dir_for(series_cache_dir(cfg, args.cache_dir), cfg.preprocess))
     uids = [u for u, f in assignment.items() if f == args.fold and u in entries]
     net = load_best(args.checkpoint_dir / f"fold{args.fold}" / "best.pt", cfg)
     agg = fixed_aggregation(cfg.aggregation)

@@ -139,20 +139,13 @@ def _export_region_bundle(full_bundle: Path, folder: Path) -> None:
     """The full-frame bundle's fold behind a locator that answers the field's centre, with the measured box."""
     import shutil
 
-    from inference.manifest import Manifest, sha256_file
     from training.config import RegionTrainConfig
-    from training.region import export_locator
+    from training.region import bundle_locator
 
-    folder.mkdir(parents=True, exist_ok=True)
-    manifest = Manifest.read(full_bundle, verify=False)
-    for fold in manifest.folds:
-        shutil.copy2(full_bundle / fold.file, folder / fold.file)
+    shutil.copytree(full_bundle, folder, dirs_exist_ok=True)
     spec = RegionTrainConfig(enabled=True).spec(half_size_mm=REGION_HALF_SIZE_MM, shift_mm=REGION_SHIFT_MM)
     examples = np.random.default_rng(0).uniform(size=(2, 6, spec.input_size, spec.input_size)).astype(np.float32)
-    export_locator(_centre_locator(spec.input_size), folder / spec.file, spec, examples)
-    spec = dataclasses.replace(spec, sha256=sha256_file(folder / spec.file))
-    dataclasses.replace(manifest, region=spec.to_dict()).write(folder)
-    Manifest.read(folder, verify=True)
+    bundle_locator(folder, _centre_locator(spec.input_size), spec, examples)
 
 
 def _centre_locator(input_size: int) -> TinyLocator:

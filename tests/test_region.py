@@ -36,7 +36,7 @@ from training.region import (
     LocatorSample,
     TinyLocator,
     box_for,
-    export_locator,
+    bundle_locator,
     fit_locator,
     read_boxes,
     view,
@@ -160,10 +160,7 @@ def region_bundle(tmp_path_factory):
     write_bundle(folder, [folder / "fold0.onnx"], preprocess=PRE)
     spec = RegionSpec(input_size=16, max_slices=8, half_size_mm=(6.0, 8.0, 8.0), min_slices=8, min_extent_mm=5.0)
     examples = np.random.default_rng(0).uniform(0, 1, size=(2, 6, 16, 16)).astype(np.float32)
-    export_locator(TinyLocator(16).eval(), folder / spec.file, spec, examples)
-    spec = dataclasses.replace(spec, sha256=sha256_file(folder / spec.file))
-    manifest = Manifest.read(folder, verify=True)
-    dataclasses.replace(manifest, region=spec.to_dict()).write(folder)
+    bundle_locator(folder, TinyLocator(16).eval(), spec, examples)
     Manifest.read(folder, verify=True)  # the locator's hash is checked with the folds
     return folder
 

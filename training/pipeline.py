@@ -34,7 +34,7 @@ from .stacking import fit_aggregator
 if TYPE_CHECKING:  # types only: training.region is imported when the config asks for it
     from .region import RegionFit
 
-__all__ = ["run_training", "parity_windows", "config_fingerprint", "fold_file"]
+__all__ = ["run_training", "series_cache_dir", "parity_windows", "config_fingerprint", "fold_file"]
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def _install_aggregator(out_dir: Path, windows: list, stacking: dict[str, Any]) 
     return provenance["aggregation"]
 
 
-def _series_cache_dir(cfg: TrainConfig, cache_dir: str | Path) -> str | Path:
+def series_cache_dir(cfg: TrainConfig, cache_dir: str | Path) -> str | Path:
     """Where the series are cached: `cache_dir`, or with the region stage its `region/` folder (the series cropped
     to their boxes, issue 21)."""
     return Path(cache_dir) / "region" if cfg.region.enabled else cache_dir
@@ -105,7 +105,7 @@ def _fit_region(cfg: TrainConfig, folders: dict[str, Path], localizers: dict[str
 
     region = fit_region(cfg.region, folders, localizers, cache_dir=cache_dir, out_dir=out_dir,
                         num_folds=cfg.train.num_folds, seed=cfg.train.seed, progress=progress)
-    write_boxes(_series_cache_dir(cfg, cache_dir), region.boxes)
+    write_boxes(series_cache_dir(cfg, cache_dir), region.boxes)
     return region
 
 
@@ -116,14 +116,15 @@ def _main_rank_boxes(cfg: TrainConfig, cache_dir: str | Path) -> dict[str, Box |
         return None
     from .region import read_boxes
 
-    return read_boxes(_series_cache_dir(cfg, cache_dir))
+    return read_boxes(series_cache_dir(cfg, cache_dir))
 
 
 def _write_region(out_dir: Path, region: RegionFit | None) -> None:
     """The manifest in `out_dir` names the locator and its box (issue 21; nothing without a region)."""
     if region is not None:
-        written = Manifest.read(out_dir, verify=False)
-        dataclasses.replace(written, region=region.spec.to_dict()).write(out_dir)
+        from .region import write_locator_section
+
+        write_locator_section(out_dir, region.spec)
 
 
 def run_training(cfg: TrainConfig, *, data_dir: str | Path, out_dir: str | Path, cache_dir: str | Path,
@@ -151,7 +152,7 @@ def run_training(cfg: TrainConfig, *, data_dir: str | Path, out_dir: str | Path,
     folders = {uid: f for uid, f in folders.items() if uid not in missing}
     # issue 21: the main rank fits the region locator first; every rank's 2.5D model then trains inside its boxes
     # (cached apart). The other ranks wait, then read what the main rank cached.
-    series_cache = _series_cache_dir(cfg, cache_dir)
+    series_cache = series_cache_dir(cfg, cache_dir)
     region = None
     if info.is_main:
         region = _fit_region(cfg, folders, localizers, cache_dir=cache_dir, out_dir=out_dir, progress=progress)

@@ -21,7 +21,7 @@ import logging
 import math
 import os
 from concurrent.futures import as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +48,7 @@ from .localizers import LocalizerRow, place_points
 
 __all__ = ["LocatorSample", "LocatorFit", "TinyLocator", "collect_samples", "fit_locator", "view", "site_loss",
            "export_locator", "fit_region", "RegionFit", "CanonicalPlacement", "place_in_region", "box_key", "box_for",
-           "write_boxes", "read_boxes"]
+           "write_boxes", "read_boxes", "write_locator_section", "bundle_locator"]
 
 log = logging.getLogger(__name__)
 
@@ -406,6 +406,27 @@ class RegionFit:
     boxes: dict[str, Box | None]
     spec: RegionSpec
     notes: dict[str, str] = field(default_factory=dict)
+
+
+def write_locator_section(folder: str | Path, spec: RegionSpec) -> None:
+    """Name the locator in the manifest of the bundle in `folder`: its region section (file, hash, box)."""
+    from inference.manifest import Manifest
+
+    manifest = Manifest.read(folder, verify=False)
+    replace(manifest, region=spec.to_dict()).write(folder)
+
+
+def bundle_locator(folder: str | Path, net: TinyLocator, spec: RegionSpec, examples: np.ndarray) -> RegionSpec:
+    """Export `net` into the bundle in `folder` and name it in the manifest (a full-frame bundle becomes a region
+    one); returns the spec with the locator's hash. The bundle is read back with every hash checked."""
+    from inference.manifest import Manifest, sha256_file
+
+    folder = Path(folder)
+    export_locator(net, folder / spec.file, spec, examples)
+    spec = replace(spec, sha256=sha256_file(folder / spec.file))
+    write_locator_section(folder, spec)
+    Manifest.read(folder, verify=True)
+    return spec
 
 
 BOXES_FILE = "boxes.json"
